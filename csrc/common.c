@@ -1,0 +1,95 @@
+/*
+ * common.c - status strings, the counter-based RNG and the touched-row set.
+ */
+#include <math.h>
+
+#include "nfcl.h"
+
+/* ---------------------------------------------------------------------- */
+/* status strings: fixed text, never formatted, so they are safe anywhere */
+
+const char *nfcl_strerror(int status)
+{
+    switch (status) {
+    case NFCL_OK:
+        return "ok";
+    case NFCL_E_SIZE:
+        return "a size is zero, negative or too large for the core";
+    case NFCL_E_RANGE:
+        return "an item id or index is out of range";
+    case NFCL_E_NOMEM:
+        return "out of memory for scratch space";
+    case NFCL_E_NONFINITE:
+        return "a NaN or infinite value was found";
+    case NFCL_E_ARG:
+        return "invalid combination of arguments";
+    case NFCL_E_CANDIDATES:
+        return "the catalogue is too small for the requested candidates";
+    default:
+        return "unknown nfcl status";
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* RNG: a splitmix64-style finaliser over the mixed key. Each draw depends
+ * only on (seed, stream, counter), never on which thread asks or when. */
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t nfcl_hash3(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ (stream + 0x632be59bd9b4e019ULL));
+    return mix64(h ^ (counter * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL));
+}
+
+float nfcl_uniform(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    /* top 24 bits: exactly representable floats in [0, 1) */
+    return (float)(nfcl_hash3(seed, stream, counter) >> 40) * (1.0f / 16777216.0f);
+}
+
+/* ---------------------------------------------------------------------- */
+/* truncated normal by rejection; each element owns a counter range, so the
+ * value of x[i] does not depend on n */
+
+int nfcl_trunc_normal(float *x, int64_t n, float std, uint64_t seed,
+                      uint64_t stream)
+{
+    if (n < 0 || n > NFCL_MAX_ELEMS || !(std >= 0.0f)) {
+        return NFCL_E_SIZE;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double z = 0.0;
+        for (uint64_t tries = 0;; tries++) {
+            /* Box-Muller from two uniforms in (0, 1] and [0, 1) */
+            uint64_t c = ((uint64_t)i << 8) + 2 * tries;
+            double u1 = 1.0 - (double)nfcl_uniform(seed, stream, c);
+            double u2 = (double)nfcl_uniform(seed, stream, c + 1);
+            z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+            if (fabs(z) <= 2.0 || tries >= 100) {
+                break;
+            }
+        }
+        x[i] = (float)(z * std);
+    }
+    return NFCL_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* touched rows */
+
+void nfcl_rowset_mark(nfcl_rowset *rs, int32_t row)
+{
+    if (rs == NULL || row <= 0 || rs->mask[row]) {
+        return;
+    }
+    rs->mask[row] = 1;
+    rs->rows[*rs->count] = row;
+    *rs->count += 1;
+}

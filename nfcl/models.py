@@ -1,0 +1,498 @@
+"""Sequential recommenders whose forward, backward, losses and optimizer run in C.
+
+Every model maps a right-padded session prefix ``items`` (B, T) to one
+prediction vector per position, ``q`` (B, T, C), and scores item ``v`` at
+position ``t`` as ``q[b, t] . item_emb[v]`` (the item table is shared between
+input and output). Training adds, with weight ``w``, the skip-aware InfoNCE
+term to the next-item loss; ``w = 0`` is the plain recommender.
+
+Ids: ``n_items`` is the size of the id space, ``len(item_keys)``; id 0 is
+padding and is never recommended, real items are ``1 .. n_items - 1``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import _core
+from .errors import InputError, NfclError
+from .metrics import MetricAccumulator, sampled_candidates
+from .sessions import Examples, Sessions, training_batches
+
+log = logging.getLogger("nfcl")
+
+FORMAT_VERSION = 1
+CONTRASTIVE_VARIANTS = {"ours": 0, "reference": 1}
+LOSSES = ("sampled", "full")
+
+
+class TrainingError(NfclError, FloatingPointError):
+    """Training produced a NaN or infinite value; the weights were not updated."""
+
+
+def _derive_seed(seed: int, purpose: int) -> int:
+    """A 64-bit seed for one purpose (init, dropout, sampling, shuffling)."""
+    state = np.random.SeedSequence([seed, purpose]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+class _Buffers:
+    """Work arrays reused across calls, grown on demand; NumPy owns them."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name: str, n: int, dtype=np.float32) -> np.ndarray:
+        a = self._arrays.get(name)
+        if a is None or a.size < n:
+            a = np.empty(max(n, 1), dtype=dtype)
+            self._arrays[name] = a
+        return a[:n]
+
+
+def _check_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+class SequentialRecommender:
+    """What every encoder shares: weights, training, inference, persistence.
+
+    A subclass names its encoder kind and builds the C config tuple from
+    ``self.config``; everything else (losses, optimizer, evaluation) is here.
+    """
+
+    kind = ""
+
+    def __init__(self, config: dict, item_keys=None):
+        n_items = config["n_items"]
+        if n_items < 2:
+            raise InputError(f"n_items must be >= 2 (padding + one item), got {n_items}")
+        dropout = config["dropout"]
+        if isinstance(dropout, bool) or not (isinstance(dropout, (int, float))
+                                             and 0.0 <= dropout < 1.0):
+            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
+        if item_keys is not None and len(item_keys) != n_items:
+            raise InputError(f"item_keys has {len(item_keys)} names for n_items={n_items}")
+        self.config = dict(config, dropout=float(dropout))
+        try:
+            self._layout = _core.enc_layout(self._cfg)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self.item_keys = list(item_keys) if item_keys is not None else None
+        n_params = self._layout[-1][2] + int(np.prod(self._layout[-1][1]))
+        self.params = np.zeros(n_params, dtype=np.float32)
+        _core.enc_init(self._cfg, self.params, _derive_seed(self.config["seed"], 0))
+        self.weights = {name: self.params[off:off + int(np.prod(shape))].reshape(shape)
+                        for name, shape, off in self._layout}
+        self._buf = _Buffers()
+        self._opt = None  # optimizer state, created by fit
+        self.history = []
+
+    # ------------------------------------------------------------------
+    # configuration helpers
+
+    @property
+    def _cfg(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def n_items(self) -> int:
+        return self.config["n_items"]
+
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
+
+    @property
+    def max_len(self) -> int:
+        return self.config["max_len"]
+
+    @property
+    def item_emb(self) -> np.ndarray:
+        """The tied item table (n_items, dim), a view into the parameters."""
+        return self.weights["item_emb"]
+
+    def get_weights(self) -> dict:
+        """A copy of every named weight array."""
+        return {k: v.copy() for k, v in self.weights.items()}
+
+    def set_weights(self, weights: dict) -> None:
+        """Overwrite named weights; names and shapes must match exactly."""
+        for name, value in weights.items():
+            if name not in self.weights:
+                raise InputError(f"unknown weight {name!r}; known: {sorted(self.weights)}")
+            value = np.asarray(value)
+            if value.shape != self.weights[name].shape:
+                raise InputError(f"weight {name!r} must have shape "
+                                 f"{self.weights[name].shape}, got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise InputError(f"weight {name!r} holds NaN or infinite values")
+        for name, value in weights.items():
+            self.weights[name][...] = value
+
+    # ------------------------------------------------------------------
+    # forward and backward through the C encoder
+
+    def _sizes(self, B: int, T: int) -> tuple:
+        return _core.enc_sizes(self._cfg, B, T)
+
+    def _forward(self, items: np.ndarray, train: bool, step: int) -> np.ndarray:
+        """items (B, T) int32 -> q (B, T, C); keeps activations for _backward."""
+        B, T = items.shape
+        _, n_acts, _ = self._sizes(B, T)
+        acts = self._buf.get("acts", n_acts)
+        q = self._buf.get("q", B * T * self.dim).reshape(B, T, self.dim)
+        _core.enc_forward(self._cfg, self.params, acts, items, q,
+                         _derive_seed(self.config["seed"], 1), step, train)
+        return q
+
+    def _backward(self, items, dq, step, grads, rowset) -> None:
+        B, T = items.shape
+        _, n_acts, n_scratch = self._sizes(B, T)
+        _core.enc_backward(self._cfg, self.params, grads, self._buf.get("acts", n_acts),
+                          self._buf.get("scratch", n_scratch), items, dq,
+                          _derive_seed(self.config["seed"], 1), step, True, rowset)
+
+    # ------------------------------------------------------------------
+    # training
+
+    def _init_optimizer(self):
+        V, n = self.n_items, self.params.size
+        self._opt = dict(
+            grads=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
+            v=np.zeros(n, np.float32), t=0,
+            rowset=(np.zeros(V, np.uint8), np.zeros(V, np.int32), np.zeros(1, np.int64)),
+            seen=np.zeros(V, np.uint8), epoch=0)
+
+    def _train_step(self, items_ext, skips, *, lr, w, tau, variant, loss, n_neg,
+                    clip, weight_decay) -> dict:
+        """One optimizer step on a batch; returns the loss terms."""
+        opt = self._opt
+        step = opt["t"] + 1
+        V, C = self.n_items, self.dim
+        B, T = items_ext.shape[0], items_ext.shape[1] - 1
+        inputs = np.ascontiguousarray(items_ext[:, :T])
+        targets = np.ascontiguousarray(items_ext[:, 1:]).reshape(-1)
+        grads, rowset = opt["grads"], opt["rowset"]
+        emb, demb = self.item_emb, grads[:V * C].reshape(V, C)
+
+        # forward to the prediction vectors, then the next-item loss
+        q = self._forward(inputs, True, step)
+        dq = np.zeros_like(q)
+        q2, dq2 = q.reshape(B * T, C), dq.reshape(B * T, C)
+        if loss == "sampled":
+            n_unique = np.unique(targets[targets > 0]).size
+            n_draw = min(n_neg, V - 1 - n_unique)
+            cand, tgt_idx = _core.sample_candidates(
+                targets, V, n_draw, _derive_seed(self.config["seed"], 2), step,
+                opt["seen"])
+        else:
+            cand, tgt_idx = None, (targets - 1).astype(np.int32)
+        rec = _core.softmax_xent(q2, emb, cand, tgt_idx, 1.0, dq2, demb, rowset)
+
+        # the skip-aware contrastive term, weighted by w
+        cl, n_anchors = 0.0, 0
+        if w > 0:
+            cl, n_anchors = _core.infonce(q, emb, items_ext, skips, tau, variant, w, dq,
+                                          demb, rowset)
+        for term, value in (("next-item loss", rec), ("contrastive loss", cl)):
+            if not math.isfinite(value):
+                self._clear_grads()
+                raise TrainingError(f"step {step}: the {term} is {value}; training "
+                                    "stopped, weights are those of step "
+                                    f"{step - 1}")
+
+        # backward through the encoder and one Adam step
+        self._backward(inputs, dq, step, grads, rowset)
+        try:
+            gnorm = _core.adam_step(self.params, grads, opt["m"], opt["v"], V, C, rowset,
+                                    lr, 0.9, 0.999, 1e-8, weight_decay, clip, step)
+        except FloatingPointError:
+            self._clear_grads()
+            raise TrainingError(f"step {step}: the gradient is NaN or infinite; training "
+                                f"stopped, weights are those of step {step - 1}") from None
+        opt["t"] = step
+        return dict(loss=rec + w * cl, rec=rec, cl=cl, anchors=n_anchors, gnorm=gnorm)
+
+    def _clear_grads(self):
+        opt = self._opt
+        opt["grads"][:] = 0
+        mask, rows, count = opt["rowset"]
+        mask[:] = 0
+        count[0] = 0
+
+    def fit(self, train: Sessions, valid: Examples | None = None, *, epochs=20,
+            batch_size=64, lr=1e-3, w=0.5, tau=0.1, contrastive="ours",
+            loss="sampled", n_neg=1000, clip=5.0, weight_decay=0.0,
+            restore_best=True, eval_seed=0, progress=True):
+        """Train on the sessions of ``train`` (each a training sequence).
+
+        Args:
+            train: training sequences; ids must be < n_items.
+            valid: optional validation examples, evaluated (sampled protocol,
+                MRR@10) after every epoch; with ``restore_best`` the weights
+                of the best epoch are kept at the end.
+            w: weight of the skip-aware contrastive term (0 turns it off).
+            tau: temperature of the contrastive term.
+            contrastive: "ours" (same-session negatives, mean over anchors) or
+                "reference" (the published code's behaviour, for ablation).
+            loss: "sampled" (softmax over the batch's targets plus ``n_neg``
+                uniform negatives, redrawn every batch) or "full".
+
+        Returns:
+            self. ``self.history`` gets one dict per epoch.
+
+        Raises:
+            InputError: bad arguments or data; TrainingError: NaN or inf.
+        """
+        self._check_fit_args(train, valid, epochs, batch_size, lr, w, tau, contrastive,
+                             loss, n_neg, clip)
+        if self._opt is None:
+            self._init_optimizer()
+        variant = CONTRASTIVE_VARIANTS[contrastive]
+        step_args = dict(lr=float(lr), w=float(w), tau=float(tau), variant=variant,
+                         loss=loss, n_neg=int(n_neg), clip=float(clip),
+                         weight_decay=float(weight_decay))
+        best, best_params = -math.inf, None
+        shuffle_seed = _derive_seed(self.config["seed"], 3)
+        bar = tqdm(total=epochs, desc=f"{type(self).__name__} w={w:g}", disable=not progress,
+                   leave=False)
+        for _ in range(epochs):
+            epoch = self._opt["epoch"]
+            rng = np.random.default_rng([shuffle_seed, epoch])
+            t0, sums, n_batches = time.perf_counter(), {}, 0
+            for items_ext, skips in training_batches(train, batch_size, self.max_len, rng):
+                out = self._train_step(items_ext, skips, **step_args)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_batches += 1
+            row = {k: v / max(n_batches, 1) for k, v in sums.items()}
+            row.update(epoch=epoch + 1, seconds=time.perf_counter() - t0)
+            if valid is not None and len(valid.targets):
+                score = self.evaluate(valid, protocols=("sampled",), seed=eval_seed)
+                row["valid:MRR@10"] = score["sampled:MRR@10"]
+                if row["valid:MRR@10"] > best:
+                    best, best_params = row["valid:MRR@10"], self.params.copy()
+            self._opt["epoch"] = epoch + 1
+            self.history.append(row)
+            log.info("epoch %d %s", epoch + 1,
+                     " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
+            bar.update(1)
+        bar.close()
+        if restore_best and best_params is not None:
+            self.params[:] = best_params
+        return self
+
+    def _check_fit_args(self, train, valid, epochs, batch_size, lr, w, tau,
+                        contrastive, loss, n_neg, clip):
+        if not isinstance(train, Sessions):
+            raise InputError(f"train must be nfcl.sessions.Sessions, got {type(train).__name__}")
+        if train.n_sessions == 0:
+            raise InputError("train holds no sessions")
+        if train.items.size and int(train.items.max()) >= self.n_items:
+            raise InputError(f"train holds item id {int(train.items.max())}, but the model "
+                             f"has n_items={self.n_items}")
+        if valid is not None and not isinstance(valid, Examples):
+            raise InputError(f"valid must be nfcl.sessions.Examples, got {type(valid).__name__}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name} must be a positive int, got {value!r}")
+        for name, value, low in (("lr", lr, 0.0), ("tau", tau, 0.0)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+                raise InputError(f"{name} must be a positive finite number, got {value!r}")
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise InputError(f"w must be a finite number >= 0, got {w!r}")
+        if not (isinstance(clip, (int, float)) and math.isfinite(clip)):
+            raise InputError(f"clip must be a finite number (<= 0 disables it), got {clip!r}")
+        if contrastive not in CONTRASTIVE_VARIANTS:
+            raise InputError(f"contrastive must be one of {list(CONTRASTIVE_VARIANTS)}, "
+                             f"got {contrastive!r}")
+        if loss not in LOSSES:
+            raise InputError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        if isinstance(n_neg, bool) or not isinstance(n_neg, (int, np.integer)) or n_neg < 0:
+            raise InputError(f"n_neg must be an int >= 0, got {n_neg!r}")
+
+    # ------------------------------------------------------------------
+    # inference
+
+    def _as_prefixes(self, sequences) -> tuple:
+        """sequences -> (inputs (N, T) int32 right-padded, lengths (N,))."""
+        if isinstance(sequences, Examples):
+            return sequences.inputs, sequences.lengths
+        if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
+            sequences = [sequences]
+        if len(sequences) == 0:
+            raise InputError("no sequences given")
+        rows = []
+        for i, seq in enumerate(sequences):
+            arr = np.asarray(seq)
+            if arr.ndim != 1 or arr.size == 0:
+                raise InputError(f"sequence {i} must be a non-empty 1-D list of item ids")
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise InputError(f"sequence {i} must hold integer item ids, got {arr.dtype}")
+            if arr.min() < 1 or arr.max() >= self.n_items:
+                raise InputError(f"sequence {i} holds ids outside 1..{self.n_items - 1}")
+            rows.append(arr[-self.max_len:])
+        lengths = np.array([len(r) for r in rows], dtype=np.int32)
+        inputs = np.zeros((len(rows), int(lengths.max())), dtype=np.int32)
+        for i, r in enumerate(rows):
+            inputs[i, :len(r)] = r
+        return inputs, lengths
+
+    def predict_vectors(self, sequences, batch_size=256) -> np.ndarray:
+        """The prediction vector after the last item of each sequence, (N, C)."""
+        return self._prefix_vectors(*self._as_prefixes(sequences), batch_size)
+
+    def _prefix_vectors(self, inputs, lengths, batch_size=256) -> np.ndarray:
+        out = np.empty((len(lengths), self.dim), dtype=np.float32)
+        for s in range(0, len(lengths), batch_size):
+            lens = lengths[s:s + batch_size]
+            T = int(lens.max())
+            items = np.ascontiguousarray(inputs[s:s + batch_size, :T], dtype=np.int32)
+            q = self._forward(items, False, 0)
+            out[s:s + len(lens)] = q[np.arange(len(lens)), lens - 1]
+        return out
+
+    def score(self, sequences) -> np.ndarray:
+        """Scores of every item after each sequence, (N, n_items); padding is -inf."""
+        scores = self.predict_vectors(sequences) @ self.item_emb.T
+        scores[:, 0] = -np.inf
+        return scores
+
+    def recommend(self, sequences, k=10, exclude_seen=False) -> np.ndarray:
+        """Top-k item ids after each sequence, (N, k), best first."""
+        inputs, lengths = self._as_prefixes(sequences)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < self.n_items:
+            raise InputError(f"k must be an int in 1..{self.n_items - 1}, got {k!r}")
+        q = self._prefix_vectors(inputs, lengths)
+        exclude = np.ascontiguousarray(inputs) if exclude_seen else None
+        ids, _ = _core.topk(q, self.item_emb, int(k), exclude)
+        return ids
+
+    def evaluate(self, examples: Examples, protocols=("full", "sampled"), seed=0,
+                 n_neg=1000, ks=(1, 5, 10, 20)) -> dict:
+        """Rank each example's target; HR@k, MRR@10, NDCG@10, Skip-MRR@10.
+
+        "full" ranks against every item; "sampled" against the targets of the
+        example's group of 64 plus ``n_neg`` items drawn as a pure function of
+        (seed, example order), so two models see the same candidates. Ties
+        count at their expected rank.
+        """
+        if not isinstance(examples, Examples):
+            raise InputError(f"examples must be nfcl.sessions.Examples, got "
+                             f"{type(examples).__name__}")
+        if len(examples.targets) == 0:
+            raise InputError("no examples to evaluate")
+        if examples.targets.min() < 1 or examples.targets.max() >= self.n_items:
+            raise InputError(f"targets hold ids outside 1..{self.n_items - 1}")
+        q = self.predict_vectors(examples)
+        targets = np.ascontiguousarray(examples.targets, dtype=np.int32)
+        out = {}
+        for protocol in protocols:
+            acc = MetricAccumulator(protocol, ks=ks)
+            if protocol == "full":
+                greater, ties = _core.rank_targets(q, self.item_emb, None, targets)
+                acc.update(greater, ties, examples.target_skips)
+            elif protocol == "sampled":
+                for start, stop, cand in sampled_candidates(targets, self.n_items, seed,
+                                                            n_neg=n_neg):
+                    greater, ties = _core.rank_targets(
+                        np.ascontiguousarray(q[start:stop]), self.item_emb, cand,
+                        targets[start:stop])
+                    acc.update(greater, ties, examples.target_skips[start:stop])
+            else:
+                raise InputError(f"unknown protocol {protocol!r}; use 'full' or 'sampled'")
+            out.update(acc.result())
+        return out
+
+    # ------------------------------------------------------------------
+    # persistence
+
+    def save(self, path) -> None:
+        """Write weights, config and item keys to ``path`` (.npz) atomically."""
+        header = dict(format_version=FORMAT_VERSION, model=type(self).__name__,
+                      config=self.config, item_keys=self.item_keys,
+                      sha256=hashlib.sha256(self.params.tobytes()).hexdigest())
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".nfcl-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, params=self.params, header=np.array(json.dumps(header)))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by ``save``; raises NfclError if it is not valid."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                params = z["params"]
+        except (OSError, ValueError, KeyError) as e:
+            raise NfclError(f"{path}: not a readable nfcl model file ({e})") from None
+        if header.get("format_version") != FORMAT_VERSION:
+            raise NfclError(f"{path}: format version {header.get('format_version')} is not "
+                            f"supported (this nfcl reads {FORMAT_VERSION})")
+        if header.get("model") != cls.__name__:
+            raise NfclError(f"{path}: holds a {header.get('model')}, not a {cls.__name__}")
+        if hashlib.sha256(params.tobytes()).hexdigest() != header.get("sha256"):
+            raise NfclError(f"{path}: checksum mismatch, the file is corrupted")
+        model = cls(item_keys=header.get("item_keys"), **header["config"])
+        if params.shape != model.params.shape or params.dtype != np.float32:
+            raise NfclError(f"{path}: parameter buffer does not match the config")
+        model.params[:] = params
+        return model
+
+
+class SASRec(SequentialRecommender):
+    """SASRec: a causal Transformer encoder over the session (Kang & McAuley 2018).
+
+    Post-LN layers with ReLU feed-forward (as the paper's authors used), learned
+    position embeddings, prediction head ``q = GELU(W h + b)`` scored against the
+    tied item table.
+
+    Args:
+        n_items: size of the id space (padding id 0 included).
+        dim, heads, layers, ffn: widths; ``ffn`` defaults to ``dim``.
+        max_len: longest input prefix T.
+        dropout: dropout rate at every dropout site.
+        seed: seeds initialisation, dropout, negative sampling and shuffling.
+        item_keys: optional names of the ids (``item_keys[0]`` is padding).
+
+    Raises:
+        InputError: on an impossible configuration.
+    """
+
+    causal = 1
+
+    def __init__(self, n_items, dim=128, heads=8, layers=2, max_len=20, dropout=0.2,
+                 ffn=None, seed=0, item_keys=None):
+        ffn = dim if ffn is None else ffn
+        config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
+                      heads=_check_int("heads", heads), layers=_check_int("layers", layers),
+                      max_len=_check_int("max_len", max_len), ffn=_check_int("ffn", ffn),
+                      dropout=dropout, seed=_check_int("seed", seed, 0))
+        super().__init__(config, item_keys)
+
+    @property
+    def _cfg(self) -> tuple:
+        c = self.config
+        return ("transformer", c["n_items"], c["dim"], c["heads"], c["layers"],
+                c["max_len"], c["ffn"], c["dropout"], self.causal)
