@@ -188,7 +188,7 @@ static int parse_config(PyObject *obj, enc_config *c)
     }
     if (status != NFCL_OK) {
         snprintf(msg, sizeof msg, "invalid %s config: every size must be >= 1 (heads must "
-                 "divide dim), 0 <= dropout < 1 and n_items >= 2", kind);
+                 "divide dim, at most 32 layers), 0 <= dropout < 1, n_items >= 2", kind);
         PyErr_SetString(PyExc_ValueError, msg);
         return 0;
     }

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "nfcl.h"
+#include "rng.h"
 
 /* ---------------------------------------------------------------------- */
 /* status strings: fixed text, never formatted, so they are safe anywhere */
@@ -31,27 +32,17 @@ const char *nfcl_strerror(int status)
 }
 
 /* ---------------------------------------------------------------------- */
-/* RNG: a splitmix64-style finaliser over the mixed key. Each draw depends
- * only on (seed, stream, counter), never on which thread asks or when. */
-
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+/* RNG (rng.h): each draw depends only on (seed, stream, counter), never on
+ * which thread asks or when. */
 
 uint64_t nfcl_hash3(uint64_t seed, uint64_t stream, uint64_t counter)
 {
-    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ULL);
-    h = mix64(h ^ (stream + 0x632be59bd9b4e019ULL));
-    return mix64(h ^ (counter * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL));
+    return nfcl_keyed_hash(nfcl_stream_key(seed, stream), counter);
 }
 
 float nfcl_uniform(uint64_t seed, uint64_t stream, uint64_t counter)
 {
-    /* top 24 bits: exactly representable floats in [0, 1) */
-    return (float)(nfcl_hash3(seed, stream, counter) >> 40) * (1.0f / 16777216.0f);
+    return nfcl_keyed_uniform(nfcl_stream_key(seed, stream), counter);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -80,7 +80,7 @@ typedef struct {
     int layers;      /* L */
     int max_len;     /* T max */
     int ffn;         /* F */
-    float dropout;   /* p, applied at the four sites of each layer */
+    float dropout;   /* p: embedding sum + four sites per layer */
     int causal;      /* 1 = each position sees itself and the past */
 } nfcl_tf_config;
 
@@ -92,6 +92,8 @@ typedef struct {
     int64_t offset;
 } nfcl_tensor_info;
 
+/* sizes: a negative value is a (negated) status for an invalid cfg;
+ * nfcl_tf_check also caps layers at 32 (tensor names are static) */
 int nfcl_tf_check(const nfcl_tf_config *cfg);
 int nfcl_tf_num_tensors(const nfcl_tf_config *cfg);
 int nfcl_tf_tensor(const nfcl_tf_config *cfg, int k, nfcl_tensor_info *out);

@@ -1,0 +1,341 @@
+/*
+ * layers.c - dense layer kernels: linear, LayerNorm, GELU, ReLU, dropout
+ * and the attention core. See layers.h for the buffer contracts.
+ *
+ * Every matrix product goes through nfcl_sgemm; the elementwise passes are
+ * plain loops. The model code checks sizes before calling in, so these
+ * kernels trust their arguments.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "blas.h"
+#include "layers.h"
+#include "nfcl.h"
+#include "rng.h"
+
+#define LN_EPS 1e-5
+#define INV_SQRT2 0.70710678118654752440
+#define INV_SQRT_2PI 0.39894228040143267794
+
+/* ---------------------------------------------------------------------- */
+/* linear */
+
+void nfcl_linear_forward(float *out, const float *inp, const float *w,
+                         const float *b, int64_t N, int IC, int OC)
+{
+    /* out (N,OC) = inp (N,IC) w^T, w (OC,IC) */
+    nfcl_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
+
+    /* bias b (OC) on every row */
+    for (int64_t n = 0; n < N; n++) {
+        float *out_n = out + n * OC;
+        for (int o = 0; o < OC; o++) {
+            out_n[o] += b[o];
+        }
+    }
+}
+
+void nfcl_linear_backward(float *dinp, float *dw, float *db,
+                          const float *dout, const float *inp,
+                          const float *w, int64_t N, int IC, int OC,
+                          float beta)
+{
+    /* forward: out = inp w^T + b */
+
+    /* dinp (N,IC) = beta dinp + dout (N,OC) w (OC,IC) */
+    nfcl_sgemm(0, 0, N, IC, OC, 1.0f, dout, OC, w, IC, beta, dinp, IC);
+
+    /* dw (OC,IC) += dout^T inp, summed over the N rows by the product */
+    nfcl_sgemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+
+    /* db (OC) += column sums of dout */
+    for (int64_t n = 0; n < N; n++) {
+        const float *dout_n = dout + n * OC;
+        for (int o = 0; o < OC; o++) {
+            db[o] += dout_n[o];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* LayerNorm */
+
+void nfcl_layernorm_forward(float *out, float *mean, float *rstd,
+                            const float *inp, const float *w,
+                            const float *b, int64_t N, int C)
+{
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *y = out + n * C;
+
+        /* moments in double: C is small, and it keeps var >= 0 exact */
+        double m = 0.0, v = 0.0;
+        for (int c = 0; c < C; c++) {
+            m += x[c];
+        }
+        m /= C;
+        for (int c = 0; c < C; c++) {
+            double d = x[c] - m;
+            v += d * d;
+        }
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + LN_EPS));
+
+        /* normalise, scale and shift */
+        float mf = (float)m;
+        for (int c = 0; c < C; c++) {
+            y[c] = (x[c] - mf) * s * w[c] + b[c];
+        }
+        mean[n] = mf;
+        rstd[n] = s;
+    }
+}
+
+void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
+                             const float *dout, const float *inp,
+                             const float *mean, const float *rstd,
+                             const float *w, int64_t N, int C)
+{
+    /* forward: y = xhat * w + b, xhat = (x - mean) * rstd. Then
+     * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w */
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        const float *dy = dout + n * C;
+        float *dx = dinp + n * C;
+        float m = mean[n], s = rstd[n];
+
+        /* pass 1: the two row means of the formula */
+        double g_mean = 0.0, gx_mean = 0.0;
+        for (int c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * s;
+            float g = dy[c] * w[c];
+            g_mean += g;
+            gx_mean += g * xhat;
+        }
+        float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
+
+        /* pass 2: parameter gradients and the input gradient */
+        for (int c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * s;
+            dw[c] += dy[c] * xhat;
+            db[c] += dy[c];
+            dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* elementwise activations */
+
+void nfcl_gelu_forward(float *out, const float *inp, int64_t n)
+{
+    /* exact form x * Phi(x), as torch's GELU(approximate='none') */
+    for (int64_t i = 0; i < n; i++) {
+        double x = inp[i];
+        out[i] = (float)(0.5 * x * (1.0 + erf(x * INV_SQRT2)));
+    }
+}
+
+void nfcl_gelu_backward(float *dinp, const float *inp, const float *dout,
+                        int64_t n)
+{
+    /* d/dx x Phi(x) = Phi(x) + x phi(x) */
+    for (int64_t i = 0; i < n; i++) {
+        double x = inp[i];
+        double cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
+        double pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+        dinp[i] = (float)((cdf + x * pdf) * dout[i]);
+    }
+}
+
+void nfcl_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
+                          uint64_t stream, uint64_t first)
+{
+    if (!(p > 0.0f)) {
+        return;
+    }
+    float scale = 1.0f / (1.0f - p);
+    uint64_t key = nfcl_stream_key(seed, stream);
+
+    /* the keep decision is a pure function of the element's counter, so
+     * backward recomputes the same mask; a product by 0 or 1/(1-p)
+     * vectorises where a branch would not */
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t c = first + (uint64_t)i;
+        float u = nfcl_keyed_uniform(key, c);
+        x[i] *= u >= p ? scale : 0.0f;
+    }
+}
+
+void nfcl_relu_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
+                               uint64_t stream)
+{
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    }
+    nfcl_dropout_forward(x, n, p, seed, stream, 0);
+}
+
+void nfcl_relu_dropout_backward(float *d, const float *a, int64_t n,
+                                float scale)
+{
+    /* forward: a = keep * max(h, 0) * scale; scale >= 1 so a kept
+     * positive h never rounds to 0, and a > 0 marks the live paths */
+    for (int64_t i = 0; i < n; i++) {
+        d[i] *= a[i] > 0.0f ? scale : 0.0f; /* a product vectorises */
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* attention */
+
+/* Softmax of one score row (T) in place over the visible keys: j < n_vis
+ * and items_b[j] != 0. Hidden keys get probability 0, and a row with no
+ * visible key is all zeros rather than NaN. */
+static void masked_softmax_row(float *row, const int32_t *items_b, int T,
+                               int n_vis)
+{
+    /* pass 1: max over visible keys, for a safe exp */
+    float maxv = -INFINITY;
+    for (int j = 0; j < n_vis; j++) {
+        if (items_b[j] != 0 && row[j] > maxv) {
+            maxv = row[j];
+        }
+    }
+    if (maxv == -INFINITY) {
+        memset(row, 0, (size_t)T * sizeof(float));
+        return;
+    }
+
+    /* pass 2: exponentiate and sum; hidden keys become 0 */
+    float sum = 0.0f;
+    for (int j = 0; j < T; j++) {
+        float e = 0.0f;
+        if (j < n_vis && items_b[j] != 0) {
+            e = expf(row[j] - maxv);
+        }
+        row[j] = e;
+        sum += e;
+    }
+
+    /* pass 3: normalise (sum >= 1, the max key contributes exp(0)) */
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n_vis; j++) {
+        row[j] *= inv;
+    }
+}
+
+void nfcl_attention_forward(float *out, float *att, float *work,
+                            const float *qkv, const int32_t *items,
+                            const nfcl_attn_args *a)
+{
+    int T = a->T, C = a->C, NH = a->NH, hs = C / NH;
+    int64_t C3 = 3 * (int64_t)C, TT = (int64_t)T * T;
+    float scale = 1.0f / sqrtf((float)hs);
+
+    for (int b = 0; b < a->B; b++) {
+        const int32_t *items_b = items + (int64_t)b * T;
+        const float *qkv_b = qkv + (int64_t)b * T * C3;
+        for (int h = 0; h < NH; h++) {
+            /* q_bh, k_bh, v_bh (T,hs) with row stride 3C */
+            const float *q_bh = qkv_b + (int64_t)h * hs;
+            const float *k_bh = q_bh + C;
+            const float *v_bh = q_bh + 2 * (int64_t)C;
+            int64_t bh = (int64_t)b * NH + h;
+            float *att_bh = att + bh * TT;
+
+            /* scores (T,T) = scale q k^T; this is where positions mix */
+            nfcl_sgemm(0, 1, T, T, hs, scale, q_bh, C3, k_bh, C3, 0.0f,
+                       att_bh, T);
+            for (int t = 0; t < T; t++) {
+                int n_vis = a->causal ? t + 1 : T;
+                masked_softmax_row(att_bh + t * T, items_b, T, n_vis);
+            }
+
+            /* dropout on a copy: backward needs the clean probabilities */
+            const float *pd = att_bh;
+            if (a->p > 0.0f) {
+                memcpy(work, att_bh, (size_t)TT * sizeof(float));
+                nfcl_dropout_forward(work, TT, a->p, a->seed, a->stream,
+                                     (uint64_t)(bh * TT));
+                pd = work;
+            }
+
+            /* out_bh (T,hs) = pd v_bh, written into columns h*hs.. */
+            float *out_bh = out + (int64_t)b * T * C + (int64_t)h * hs;
+            nfcl_sgemm(0, 0, T, hs, T, 1.0f, pd, T, v_bh, C3, 0.0f, out_bh,
+                       C);
+        }
+    }
+}
+
+/* Softmax backward for one (b,h), through the probability dropout, in
+ * place on ds (T,T). Forward: P = softmax(S), pd = P * keep / (1-p), so
+ * dS_j = P_j (dP_j - sum_i P_i dP_i) with dP = dpd * keep / (1-p). Both
+ * P_j dP_j terms equal pd_j dpd_j, which removes the mask from the sum. */
+static void softmax_backward(float *ds, const float *pd, const float *att,
+                             int T)
+{
+    for (int t = 0; t < T; t++) {
+        float *ds_t = ds + (int64_t)t * T;
+        const float *pd_t = pd + (int64_t)t * T;
+        const float *p_t = att + (int64_t)t * T;
+        float dot = 0.0f;
+        for (int j = 0; j < T; j++) {
+            dot += pd_t[j] * ds_t[j];
+        }
+        for (int j = 0; j < T; j++) {
+            ds_t[j] = pd_t[j] * ds_t[j] - p_t[j] * dot;
+        }
+    }
+}
+
+void nfcl_attention_backward(float *dqkv, float *pd, float *ds,
+                             const float *dout, const float *qkv,
+                             const float *att, const nfcl_attn_args *a)
+{
+    int T = a->T, C = a->C, NH = a->NH, hs = C / NH;
+    int64_t C3 = 3 * (int64_t)C, TT = (int64_t)T * T;
+    float scale = 1.0f / sqrtf((float)hs);
+
+    for (int b = 0; b < a->B; b++) {
+        const float *qkv_b = qkv + (int64_t)b * T * C3;
+        float *dqkv_b = dqkv + (int64_t)b * T * C3;
+        for (int h = 0; h < NH; h++) {
+            /* per-head views (T,hs), row stride 3C or C */
+            int64_t off = (int64_t)h * hs;
+            const float *q_bh = qkv_b + off, *k_bh = q_bh + C;
+            const float *v_bh = q_bh + 2 * (int64_t)C;
+            float *dq_bh = dqkv_b + off, *dk_bh = dq_bh + C;
+            float *dv_bh = dq_bh + 2 * (int64_t)C;
+            const float *dout_bh = dout + (int64_t)b * T * C + off;
+            int64_t bh = (int64_t)b * NH + h;
+            const float *att_bh = att + bh * TT;
+
+            /* pd (T,T): the probabilities the forward mixed with */
+            const float *pd_bh = att_bh;
+            if (a->p > 0.0f) {
+                memcpy(pd, att_bh, (size_t)TT * sizeof(float));
+                nfcl_dropout_forward(pd, TT, a->p, a->seed, a->stream,
+                                     (uint64_t)(bh * TT));
+                pd_bh = pd;
+            }
+
+            /* forward out_bh = pd v_bh: dpd = dout v^T, dv = pd^T dout */
+            nfcl_sgemm(0, 1, T, T, hs, 1.0f, dout_bh, C, v_bh, C3, 0.0f, ds,
+                       T);
+            nfcl_sgemm(1, 0, T, hs, T, 1.0f, pd_bh, T, dout_bh, C, 0.0f,
+                       dv_bh, C3);
+
+            /* through the softmax: ds becomes d(scores) */
+            softmax_backward(ds, pd_bh, att_bh, T);
+
+            /* forward S = scale q k^T: dq = scale ds k, dk = scale ds^T q */
+            nfcl_sgemm(0, 0, T, hs, T, scale, ds, T, k_bh, C3, 0.0f, dq_bh,
+                       C3);
+            nfcl_sgemm(1, 0, T, hs, T, scale, ds, T, q_bh, C3, 0.0f, dk_bh,
+                       C3);
+        }
+    }
+}
