@@ -180,7 +180,10 @@ class SequentialRecommender:
         opt = self._opt
         step = opt["t"] + 1
         V, C = self.n_items, self.dim
-        B, T = items_ext.shape[0], items_ext.shape[1] - 1
+        width = int((items_ext > 0).sum(axis=1).max())  # drop all-padding columns
+        items_ext = np.ascontiguousarray(items_ext[:, :width])
+        skips = np.ascontiguousarray(skips[:, :width])
+        B, T = items_ext.shape[0], width - 1
         inputs = np.ascontiguousarray(items_ext[:, :T])
         targets = np.ascontiguousarray(items_ext[:, 1:]).reshape(-1)
         grads, rowset = opt["grads"], opt["rowset"]
@@ -198,31 +201,39 @@ class SequentialRecommender:
                 opt["seen"])
         else:
             cand, tgt_idx = None, (targets - 1).astype(np.int32)
-        rec = _core.softmax_xent(q2, emb, cand, tgt_idx, 1.0, dq2, demb, rowset)
+        rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
+                            tgt_idx, 1.0, dq2, demb, rowset)
 
         # the skip-aware contrastive term, weighted by w
         cl, n_anchors = 0.0, 0
         if w > 0:
-            cl, n_anchors = _core.infonce(q, emb, items_ext, skips, tau, variant, w, dq,
-                                          demb, rowset)
-        for term, value in (("next-item loss", rec), ("contrastive loss", cl)):
-            if not math.isfinite(value):
-                self._clear_grads()
-                raise TrainingError(f"step {step}: the {term} is {value}; training "
-                                    "stopped, weights are those of step "
-                                    f"{step - 1}")
+            cl, n_anchors = self._guarded(step, "contrastive loss", _core.infonce, q, emb,
+                                          items_ext, skips, tau, variant, w, dq, demb,
+                                          rowset)
 
         # backward through the encoder and one Adam step
         self._backward(inputs, dq, step, grads, rowset)
-        try:
-            gnorm = _core.adam_step(self.params, grads, opt["m"], opt["v"], V, C, rowset,
-                                    lr, 0.9, 0.999, 1e-8, weight_decay, clip, step)
-        except FloatingPointError:
-            self._clear_grads()
-            raise TrainingError(f"step {step}: the gradient is NaN or infinite; training "
-                                f"stopped, weights are those of step {step - 1}") from None
+        gnorm = self._guarded(step, "gradient", _core.adam_step, self.params, grads,
+                              opt["m"], opt["v"], V, C, rowset, lr, 0.9, 0.999, 1e-8,
+                              weight_decay, clip, step)
         opt["t"] = step
         return dict(loss=rec + w * cl, rec=rec, cl=cl, anchors=n_anchors, gnorm=gnorm)
+
+    def _guarded(self, step, term, kernel, *args):
+        """Run a loss or optimizer kernel; a NaN or inf stops training cleanly.
+
+        The kernels refuse non-finite values before writing, and Adam runs
+        last, so the weights stay those of the previous step."""
+        try:
+            out = kernel(*args)
+        except FloatingPointError:
+            out = math.nan
+        value = out[0] if isinstance(out, tuple) else out
+        if not math.isfinite(value):
+            self._clear_grads()
+            raise TrainingError(f"step {step}: the {term} is NaN or infinite; training "
+                                f"stopped, the weights are those after step {step - 1}")
+        return out
 
     def _clear_grads(self):
         opt = self._opt
@@ -232,7 +243,7 @@ class SequentialRecommender:
         count[0] = 0
 
     def fit(self, train: Sessions, valid: Examples | None = None, *, epochs=20,
-            batch_size=64, lr=1e-3, w=0.5, tau=0.1, contrastive="ours",
+            batch_size=64, lr=5e-3, w=0.5, tau=0.1, contrastive="ours",
             loss="sampled", n_neg=1000, clip=5.0, weight_decay=0.0,
             restore_best=True, eval_seed=0, progress=True):
         """Train on the sessions of ``train`` (each a training sequence).
