@@ -286,7 +286,9 @@ static int enc_backward(const enc_config *c, const float *params, float *grads,
                                step, train, dq, rs);
 }
 
-/* rowset = None or (mask uint8 (V,), rows int32 (V,), count int64 (1,)) */
+/* rowset = None or (mask uint8 (R,), rows int32 (R,), count int64 (1,)) with
+ * R >= V: the optimizer's row set may cover a table longer than the rows a
+ * loss scores (BERT4Rec's [MASK] row) */
 static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset **out)
 {
     *out = NULL;
@@ -301,15 +303,20 @@ static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset *
         }
         return 0;
     }
-    npy_intp sv[1] = {(npy_intp)V}, s1[1] = {1};
-    rs->mask = check_array(mask, "rowset.mask", NPY_UINT8, 1, sv, 1);
+    npy_intp sm[1] = {ANY}, sr[1] = {ANY}, s1[1] = {1};
+    rs->mask = check_array(mask, "rowset.mask", NPY_UINT8, 1, sm, 1);
     if (rs->mask == NULL) return 0;
-    sv[0] = (npy_intp)V;
-    rs->rows = check_array(rows, "rowset.rows", NPY_INT32, 1, sv, 1);
+    rs->rows = check_array(rows, "rowset.rows", NPY_INT32, 1, sr, 1);
     if (rs->rows == NULL) return 0;
     rs->count = check_array(count, "rowset.count", NPY_INT64, 1, s1, 1);
     if (rs->count == NULL) return 0;
-    if (*rs->count < 0 || *rs->count > V) {
+    if (sm[0] < V || sr[0] != sm[0]) {
+        PyErr_Format(PyExc_ValueError, "rowset.mask and rowset.rows must have equal "
+                     "lengths >= %lld rows, got %lld and %lld", (long long)V,
+                     (long long)sm[0], (long long)sr[0]);
+        return 0;
+    }
+    if (*rs->count < 0 || *rs->count > sm[0]) {
         PyErr_SetString(PyExc_ValueError, "rowset.count is out of range");
         return 0;
     }
@@ -556,13 +563,13 @@ static PyObject *py_softmax_xent(PyObject *self, PyObject *args)
 
 static PyObject *py_infonce(PyObject *self, PyObject *args)
 {
-    PyObject *q_obj, *e_obj, *i_obj, *s_obj, *dq_obj, *de_obj, *rs_obj;
+    PyObject *q_obj, *e_obj, *i_obj, *s_obj, *dq_obj, *de_obj, *rs_obj, *p_obj = Py_None;
     float tau, scale, loss = 0.0f;
-    int variant, status;
+    int variant, status, has_pos;
     int64_t n_anchors = 0;
     nfcl_rowset rs_store, *rs;
-    if (!PyArg_ParseTuple(args, "OOOOfifOOO", &q_obj, &e_obj, &i_obj, &s_obj, &tau,
-                          &variant, &scale, &dq_obj, &de_obj, &rs_obj)) {
+    if (!PyArg_ParseTuple(args, "OOOOfifOOO|O", &q_obj, &e_obj, &i_obj, &s_obj, &tau,
+                          &variant, &scale, &dq_obj, &de_obj, &rs_obj, &p_obj)) {
         return NULL;
     }
     npy_intp sq[3] = {ANY, ANY, ANY}, se[2] = {ANY, ANY};
@@ -580,6 +587,9 @@ static PyObject *py_infonce(PyObject *self, PyObject *args)
     if (dq == NULL) return NULL;
     float *demb = check_array(de_obj, "demb", NPY_FLOAT32, 2, se, 1);
     if (demb == NULL || !parse_rowset(rs_obj, se[0], &rs_store, &rs)) return NULL;
+    npy_intp sp[2] = {sq[0], sq[1]};
+    int32_t *pos = check_optional(p_obj, "pos", NPY_INT32, 2, sp, 0, &has_pos);
+    if (has_pos && pos == NULL) return NULL;
     if (!(tau > 0.0f) || tau > 1e30f) {
         return PyErr_Format(PyExc_ValueError, "tau must be a positive finite number");
     }
@@ -590,7 +600,7 @@ static PyObject *py_infonce(PyObject *self, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "q is too large");
     }
     CALL_C(status, nfcl_infonce(q, (int)sq[0], (int)sq[1], (int)sq[2], emb, se[0], items,
-                                skips, tau, variant, scale, &loss, &n_anchors, dq, demb,
+                                skips, pos, tau, variant, scale, &loss, &n_anchors, dq, demb,
                                 rs));
     if (status != NFCL_OK) return raise_status(status, "infonce");
     return Py_BuildValue("(dL)", (double)loss, (long long)n_anchors);
@@ -750,8 +760,8 @@ static PyMethodDef methods[] = {
     {"softmax_xent", py_softmax_xent, METH_VARARGS,
      "softmax_xent(q, emb, cand, tgt_idx, scale, dq, demb, rowset) -> loss"},
     {"infonce", py_infonce, METH_VARARGS,
-     "infonce(q, emb, items, skips, tau, variant, scale, dq, demb, rowset) -> "
-     "(loss, n_anchors)"},
+     "infonce(q, emb, items, skips, tau, variant, scale, dq, demb, rowset, pos=None) "
+     "-> (loss, n_anchors)"},
     {"adam_step", py_adam_step, METH_VARARGS,
      "adam_step(params, grads, m, v, emb_rows, dim, rowset, lr, beta1, beta2, eps, "
      "weight_decay, clip, t) -> gnorm"},

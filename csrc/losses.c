@@ -434,9 +434,11 @@ static int infonce_alloc(infonce_ws *w)
 
 /* Positives by one backward sweep per session: an anchor is a kept
  * (non-skipped, non-padding) position t < T with a kept position after it,
- * and its positive is the first such position. Unit vectors of every
+ * and its positive is the first such position. When the caller gives the
+ * positives (pos_in), those are used instead. Unit vectors of every
  * non-padding slot and of every anchor's query. */
-static void infonce_prepare(infonce_ws *w, const float *q, const float *emb)
+static void infonce_prepare(infonce_ws *w, const float *q, const float *emb,
+                            const int32_t *pos_in)
 {
     int T = w->T, S = w->T + 1, C = w->C;
     for (int b = 0; b < w->B; b++) {
@@ -450,14 +452,28 @@ static void infonce_prepare(infonce_ws *w, const float *q, const float *emb)
                 w->nk[s] = unit_forward(emb + (int64_t)it[j] * C, C, w->uk + s * C);
             }
             if (j < T) {
-                w->pos[r] = kept ? next : -1;
+                w->pos[r] = pos_in != NULL ? pos_in[r] : kept ? next : -1;
             }
-            if (j < T && kept && next >= 0) {
+            if (j < T && w->pos[r] >= 0) {
                 w->nq[r] = unit_forward(q + r * C, C, w->uq + r * C);
             }
             next = kept ? j : next;
         }
     }
+}
+
+/* given positives must name a non-padding slot of the row's own session */
+static int infonce_check_pos(const int32_t *pos, const int32_t *items, int B,
+                             int T)
+{
+    for (int64_t r = 0; r < (int64_t)B * T; r++) {
+        int64_t b = r / T;
+        if (pos[r] < -1 || pos[r] > T ||
+            (pos[r] >= 0 && items[b * (T + 1) + pos[r]] == 0)) {
+            return NFCL_E_RANGE;
+        }
+    }
+    return NFCL_OK;
 }
 
 /* Key slots of row r (an anchor with positive pos): the positive, then
@@ -573,8 +589,8 @@ static double infonce_sum(infonce_ws *w, int64_t *n_mean)
 
 int nfcl_infonce(const float *q, int B, int T, int C, const float *emb,
                  int64_t V, const int32_t *items, const uint8_t *skips,
-                 float tau, int variant, float scale, float *loss,
-                 int64_t *n_anchors, float *dq, float *demb,
+                 const int32_t *pos, float tau, int variant, float scale,
+                 float *loss, int64_t *n_anchors, float *dq, float *demb,
                  nfcl_rowset *rs)
 {
     if (B < 1 || T < 1 || C < 1 || V < 1 ||
@@ -589,6 +605,9 @@ int nfcl_infonce(const float *q, int B, int T, int C, const float *emb,
             return NFCL_E_RANGE;
         }
     }
+    if (pos != NULL && infonce_check_pos(pos, items, B, T) != NFCL_OK) {
+        return NFCL_E_RANGE;
+    }
 
     /* all work lands in double scratch; dq and demb change only once the
      * loss is known to be finite */
@@ -598,7 +617,7 @@ int nfcl_infonce(const float *q, int B, int T, int C, const float *emb,
     if (infonce_alloc(&w) != NFCL_OK) {
         return NFCL_E_NOMEM;
     }
-    infonce_prepare(&w, q, emb);
+    infonce_prepare(&w, q, emb, pos);
     int64_t n_mean = 0;
     double total = infonce_sum(&w, &n_mean);
     if (!isfinite(total)) {

@@ -218,12 +218,14 @@ int nfcl_softmax_xent(const float *q, int64_t N, int C, const float *emb,
  * negatives = every skipped position 0..T of the same session; cosine / tau;
  * mean over anchors with >= 1 negative. variant 1 (the published code):
  * negatives from session (b*T+t) mod B, taken over slots 0..T-1, non-skipped
- * slots kept as zero vectors, mean over all B*T rows. *n_anchors gets the
- * number of anchors that entered the mean (variant 1: B*T). */
+ * slots kept as zero vectors, mean over all B*T rows. pos (B,T), optional:
+ * the caller's own anchors, pos[b,t] = position 0..T of row (b,t)'s positive
+ * or -1 for no anchor (BERT4Rec's masked positions); NULL = the rule above.
+ * *n_anchors gets the number of rows that entered the mean. */
 int nfcl_infonce(const float *q, int B, int T, int C, const float *emb,
                  int64_t V, const int32_t *items, const uint8_t *skips,
-                 float tau, int variant, float scale, float *loss,
-                 int64_t *n_anchors, float *dq, float *demb,
+                 const int32_t *pos, float tau, int variant, float scale,
+                 float *loss, int64_t *n_anchors, float *dq, float *demb,
                  nfcl_rowset *rs);
 
 /* ---------------------------------------------------------------------- */

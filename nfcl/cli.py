@@ -35,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-filter", action="store_true",
                    help="keep sessions of any length and without skips")
     m = r.add_argument_group("model")
-    m.add_argument("--model", default="sasrec", choices=sorted(experiment.MODELS))
+    m.add_argument("--model", default="sasrec", choices=[*experiment.MODELS, "all"],
+                   help="encoder, or all four one after another")
     m.add_argument("--dim", type=int, default=64)
-    m.add_argument("--heads", type=int, default=2)
-    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--heads", type=int, default=2, help="SASRec/BERT4Rec heads")
+    m.add_argument("--layers", type=int, default=None,
+                   help="encoder layers (default: 2 for Transformers, 1 for GRU4Rec)")
+    m.add_argument("--window", type=int, default=5, help="Caser window")
     m.add_argument("--max-len", type=int, default=20)
     m.add_argument("--dropout", type=float, default=0.2)
     t = r.add_argument_group("training")
@@ -74,6 +77,18 @@ def load_data(args):
     return io.load_events(args.data, **filters)
 
 
+def model_options(name, args) -> dict:
+    """The command line's size options, as the chosen encoder names them."""
+    kw = dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout)
+    if name in ("sasrec", "bert4rec"):
+        kw.update(heads=args.heads, layers=args.layers or 2)
+    elif name == "gru4rec":
+        kw.update(hidden=args.dim, layers=args.layers or 1)
+    elif name == "caser":
+        kw.update(window=args.window)
+    return kw
+
+
 def cmd_run(args) -> int:
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -88,27 +103,30 @@ def cmd_run(args) -> int:
           f"examples")
     if data.dropped:
         print("dropped rows: " + ", ".join(f"{k}={v}" for k, v in data.dropped.items()))
-    model_kw = dict(dim=args.dim, heads=args.heads, layers=args.layers,
-                    max_len=args.max_len, dropout=args.dropout)
     fit_kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   tau=args.tau, loss=args.loss, n_neg=args.n_neg)
-    rows = experiment.compare(split, model=args.model, seeds=range(args.seeds), w=args.w,
-                              contrastive=args.contrastive, model_kw=model_kw,
-                              fit_kw=fit_kw, progress=not args.no_progress)
+    names = list(experiment.MODELS) if args.model == "all" else [args.model]
+    rows = []
+    for name in names:
+        rows += experiment.compare(split, model=name, seeds=range(args.seeds), w=args.w,
+                                   contrastive=args.contrastive,
+                                   model_kw=model_options(name, args), fit_kw=fit_kw,
+                                   progress=not args.no_progress)
     wall = time.perf_counter() - t0
-    summaries = {p: experiment.summarize(rows, p) for p in ("sampled", "full")}
+    summaries = {f"{m}/{p}": experiment.summarize([r for r in rows if r["model"] == m], p)
+                 for m in names for p in ("sampled", "full")}
     for protocol in ("sampled", "full"):
-        print(f"\n{args.model}, test set, {protocol} ranking")
-        print(experiment.format_table(summaries[protocol], args.seeds))
+        print()
+        print(experiment.format_table(rows, protocol))
     meta = dict(args=vars(args), data=dict(source=data.source, sessions=data.n_sessions,
                 plays=int(data.items.size), items=data.n_items - 1,
                 skip_rate=data.skip_rate, fingerprint=data.fingerprint()),
                 wall_seconds=wall)
     paths = experiment.write_results(args.out, rows, summaries, meta)
     png = experiment.plot_comparison(
-        summaries["sampled"], os.path.join(args.out, "comparison.png"),
-        title=f"{args.model}: base vs +skip-aware term (w={args.w}), sampled ranking, "
-              f"{args.seeds} seeds")
+        rows, os.path.join(args.out, "comparison.png"),
+        title=f"base vs +skip-aware term (w={args.w}), sampled ranking, test set, "
+              f"mean ± sd over {args.seeds} seeds")
     print(f"\nwrote {paths['json']}, {paths['csv']}, {png} in {wall:.1f} s")
     return 0
 

@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from .errors import InputError
-from .models import SASRec
+from .models import BERT4Rec, Caser, GRU4Rec, SASRec
 
-MODELS = {"sasrec": SASRec}
+MODELS = {"gru4rec": GRU4Rec, "caser": Caser, "sasrec": SASRec, "bert4rec": BERT4Rec}
 HEADLINE = ("HR@1", "HR@5", "HR@10", "HR@20", "MRR@10", "NDCG@10", "Skip-MRR@10")
 
 
@@ -79,15 +79,27 @@ def _sd(x) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
-def format_table(summary, n_seeds) -> str:
-    """The summary as a fixed-width text table (mean ± sd over seeds)."""
-    head = f"{'metric':<22}{'base':>18}{'+term':>18}{'paired diff':>20}"
+TABLE_METRICS = ("HR@1", "HR@10", "HR@20", "MRR@10", "NDCG@10", "Skip-MRR@10")
+
+
+def format_table(rows, protocol="sampled") -> str:
+    """One text table: for every model, base and +term (mean ± sd over seeds)
+    and their paired difference, on the headline metrics of one protocol."""
+    cols = TABLE_METRICS
+    head = f"{'model':<9}{'variant':<8}" + "".join(f"{c:>18}" for c in cols)
     lines = [head, "-" * len(head)]
-    for s in summary:
-        lines.append(f"{s['metric']:<22}{_pm(s['base_mean'], s['base_sd']):>18}"
-                     f"{_pm(s['term_mean'], s['term_sd']):>18}"
-                     f"{_pm(s['diff_mean'], s['diff_sd'], signed=True):>20}")
-    lines.append(f"(mean ± sd over {n_seeds} seeds; Skip-MRR@10: lower is better)")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        summary = {s["metric"].split(":", 1)[1]: s
+                   for s in summarize([r for r in rows if r["model"] == model], protocol)}
+        for label, key, signed in (("base", "base", False), ("+term", "term", False),
+                                   ("diff", "diff", True)):
+            cells = "".join(f"{_pm(summary[c][key + '_mean'], summary[c][key + '_sd'], signed):>18}"
+                            for c in cols)
+            lines.append(f"{model:<9}{label:<8}{cells}")
+    n_seeds = len({r["seed"] for r in rows})
+    lines.append(f"({protocol} ranking, test set; mean ± sd over {n_seeds} seeds; diff = "
+                 "paired +term minus base; Skip-MRR@10: lower is better)")
     return "\n".join(lines)
 
 
@@ -122,24 +134,31 @@ def _atomic_write(path, text) -> None:
     os.replace(tmp, path)
 
 
-def plot_comparison(summary, path, title="") -> str:
-    """Bar chart of base vs +term per metric with sd error bars, saved as PNG."""
+def plot_comparison(rows, path, protocol="sampled", metrics=("HR@10", "MRR@10",
+                                                              "Skip-MRR@10"),
+                    title="") -> str:
+    """Bars of base vs +term per model, one panel per metric, sd error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [s["metric"].split(":", 1)[1] for s in summary]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
-    for i, (label, key) in enumerate((("base", "base"), ("+term", "term"))):
-        means = [s[f"{key}_mean"] for s in summary]
-        sds = [0 if math.isnan(s[f"{key}_sd"]) else s[f"{key}_sd"] for s in summary]
-        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=sds, capsize=3, label=label)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("value (Skip-MRR: lower is better)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    x = np.arange(len(models))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), dpi=120)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for i, (variant, key) in enumerate((("base", "base"), ("+term", "term"))):
+            stats = [next(s for s in summarize([r for r in rows if r["model"] == m],
+                                               protocol)
+                          if s["metric"] == f"{protocol}:{metric}") for m in models]
+            means = [st[f"{key}_mean"] for st in stats]
+            sds = [0.0 if math.isnan(st[f"{key}_sd"]) else st[f"{key}_sd"] for st in stats]
+            ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=sds, capsize=3, label=variant)
+        ax.set_xticks(x, models)
+        ax.set_title(f"{metric}" + (" (lower is better)" if "Skip" in metric else ""),
+                     fontsize=9)
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

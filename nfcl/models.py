@@ -64,6 +64,39 @@ def _check_int(name, value, low=1):
     return int(value)
 
 
+def as_prefixes(sequences, n_items: int, max_len: int | None) -> tuple:
+    """sequences -> (inputs (N, T) int32 right-padded, lengths (N,)).
+
+    ``sequences`` is an Examples (returned as is), one 1-D array or a list of
+    them; each is cut to its last ``max_len`` items (None: kept whole).
+
+    Raises:
+        InputError: no sequence, an empty or non-integer one, or ids
+        outside 1..n_items-1.
+    """
+    if isinstance(sequences, Examples):
+        return sequences.inputs, sequences.lengths
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
+        sequences = [sequences]
+    if len(sequences) == 0:
+        raise InputError("no sequences given")
+    rows = []
+    for i, seq in enumerate(sequences):
+        arr = np.asarray(seq)
+        if arr.ndim != 1 or arr.size == 0:
+            raise InputError(f"sequence {i} must be a non-empty 1-D list of item ids")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"sequence {i} must hold integer item ids, got {arr.dtype}")
+        if arr.min() < 1 or arr.max() >= n_items:
+            raise InputError(f"sequence {i} holds ids outside 1..{n_items - 1}")
+        rows.append(arr if max_len is None else arr[-max_len:])
+    lengths = np.array([len(r) for r in rows], dtype=np.int32)
+    inputs = np.zeros((len(rows), int(lengths.max())), dtype=np.int32)
+    for i, r in enumerate(rows):
+        inputs[i, :len(r)] = r
+    return inputs, lengths
+
+
 class SequentialRecommender:
     """What every encoder shares: weights, training, inference, persistence.
 
@@ -119,8 +152,13 @@ class SequentialRecommender:
 
     @property
     def item_emb(self) -> np.ndarray:
-        """The tied item table (n_items, dim), a view into the parameters."""
+        """The tied item table (rows, dim), a view into the parameters."""
         return self.weights["item_emb"]
+
+    @property
+    def _out_emb(self) -> np.ndarray:
+        """The rows that can be scored and recommended: ids 0..n_items-1."""
+        return self.item_emb[:self.n_items]
 
     def get_weights(self) -> dict:
         """A copy of every named weight array."""
@@ -167,27 +205,38 @@ class SequentialRecommender:
     # training
 
     def _init_optimizer(self):
-        V, n = self.n_items, self.params.size
+        V, n = self.item_emb.shape[0], self.params.size
         self._opt = dict(
             grads=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
             v=np.zeros(n, np.float32), t=0,
             rowset=(np.zeros(V, np.uint8), np.zeros(V, np.int32), np.zeros(1, np.int64)),
             seen=np.zeros(V, np.uint8), epoch=0)
 
+    def _make_batch(self, items_ext, skips, step) -> dict:
+        """Training rows -> encoder inputs, targets and contrastive arrays.
+
+        Next-item training: inputs (B,T) = rows[:, :-1], targets (B*T,) =
+        rows[:, 1:]; the contrastive term sees the whole rows (B,T+1) and
+        finds its anchors by the skip rule (pos None)."""
+        T = items_ext.shape[1] - 1
+        return dict(inputs=np.ascontiguousarray(items_ext[:, :T]),
+                    targets=np.ascontiguousarray(items_ext[:, 1:]).reshape(-1),
+                    cl_items=items_ext, cl_skips=skips, cl_pos=None)
+
     def _train_step(self, items_ext, skips, *, lr, w, tau, variant, loss, n_neg,
                     clip, weight_decay) -> dict:
-        """One optimizer step on a batch; returns the loss terms."""
+        """One optimizer step on a batch of training rows (B, T+1)."""
         opt = self._opt
         step = opt["t"] + 1
         V, C = self.n_items, self.dim
         width = int((items_ext > 0).sum(axis=1).max())  # drop all-padding columns
-        items_ext = np.ascontiguousarray(items_ext[:, :width])
-        skips = np.ascontiguousarray(skips[:, :width])
-        B, T = items_ext.shape[0], width - 1
-        inputs = np.ascontiguousarray(items_ext[:, :T])
-        targets = np.ascontiguousarray(items_ext[:, 1:]).reshape(-1)
+        batch = self._make_batch(np.ascontiguousarray(items_ext[:, :width]),
+                                 np.ascontiguousarray(skips[:, :width]), step)
+        inputs, targets = batch["inputs"], batch["targets"]
+        B, T = inputs.shape
         grads, rowset = opt["grads"], opt["rowset"]
-        emb, demb = self.item_emb, grads[:V * C].reshape(V, C)
+        emb = self._out_emb
+        demb = grads[:emb.size].reshape(emb.shape)
 
         # forward to the prediction vectors, then the next-item loss
         q = self._forward(inputs, True, step)
@@ -198,7 +247,7 @@ class SequentialRecommender:
             n_draw = min(n_neg, V - 1 - n_unique)
             cand, tgt_idx = _core.sample_candidates(
                 targets, V, n_draw, _derive_seed(self.config["seed"], 2), step,
-                opt["seen"])
+                opt["seen"][:V])
         else:
             cand, tgt_idx = None, (targets - 1).astype(np.int32)
         rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
@@ -207,15 +256,15 @@ class SequentialRecommender:
         # the skip-aware contrastive term, weighted by w
         cl, n_anchors = 0.0, 0
         if w > 0:
-            cl, n_anchors = self._guarded(step, "contrastive loss", _core.infonce, q, emb,
-                                          items_ext, skips, tau, variant, w, dq, demb,
-                                          rowset)
+            cl, n_anchors = self._guarded(
+                step, "contrastive loss", _core.infonce, q, emb, batch["cl_items"],
+                batch["cl_skips"], tau, variant, w, dq, demb, rowset, batch["cl_pos"])
 
         # backward through the encoder and one Adam step
         self._backward(inputs, dq, step, grads, rowset)
         gnorm = self._guarded(step, "gradient", _core.adam_step, self.params, grads,
-                              opt["m"], opt["v"], V, C, rowset, lr, 0.9, 0.999, 1e-8,
-                              weight_decay, clip, step)
+                              opt["m"], opt["v"], self.item_emb.shape[0], C, rowset, lr,
+                              0.9, 0.999, 1e-8, weight_decay, clip, step)
         opt["t"] = step
         return dict(loss=rec + w * cl, rec=rec, cl=cl, anchors=n_anchors, gnorm=gnorm)
 
@@ -339,27 +388,7 @@ class SequentialRecommender:
 
     def _as_prefixes(self, sequences) -> tuple:
         """sequences -> (inputs (N, T) int32 right-padded, lengths (N,))."""
-        if isinstance(sequences, Examples):
-            return sequences.inputs, sequences.lengths
-        if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
-            sequences = [sequences]
-        if len(sequences) == 0:
-            raise InputError("no sequences given")
-        rows = []
-        for i, seq in enumerate(sequences):
-            arr = np.asarray(seq)
-            if arr.ndim != 1 or arr.size == 0:
-                raise InputError(f"sequence {i} must be a non-empty 1-D list of item ids")
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise InputError(f"sequence {i} must hold integer item ids, got {arr.dtype}")
-            if arr.min() < 1 or arr.max() >= self.n_items:
-                raise InputError(f"sequence {i} holds ids outside 1..{self.n_items - 1}")
-            rows.append(arr[-self.max_len:])
-        lengths = np.array([len(r) for r in rows], dtype=np.int32)
-        inputs = np.zeros((len(rows), int(lengths.max())), dtype=np.int32)
-        for i, r in enumerate(rows):
-            inputs[i, :len(r)] = r
-        return inputs, lengths
+        return as_prefixes(sequences, self.n_items, self.max_len)
 
     def predict_vectors(self, sequences, batch_size=256) -> np.ndarray:
         """The prediction vector after the last item of each sequence, (N, C)."""
@@ -377,7 +406,7 @@ class SequentialRecommender:
 
     def score(self, sequences) -> np.ndarray:
         """Scores of every item after each sequence, (N, n_items); padding is -inf."""
-        scores = self.predict_vectors(sequences) @ self.item_emb.T
+        scores = self.predict_vectors(sequences) @ self._out_emb.T
         scores[:, 0] = -np.inf
         return scores
 
@@ -388,7 +417,7 @@ class SequentialRecommender:
             raise InputError(f"k must be an int in 1..{self.n_items - 1}, got {k!r}")
         q = self._prefix_vectors(inputs, lengths)
         exclude = np.ascontiguousarray(inputs) if exclude_seen else None
-        ids, _ = _core.topk(q, self.item_emb, int(k), exclude)
+        ids, _ = _core.topk(q, self._out_emb, int(k), exclude)
         return ids
 
     def evaluate(self, examples: Examples, protocols=("full", "sampled"), seed=0,
@@ -413,13 +442,13 @@ class SequentialRecommender:
         for protocol in protocols:
             acc = MetricAccumulator(protocol, ks=ks)
             if protocol == "full":
-                greater, ties = _core.rank_targets(q, self.item_emb, None, targets)
+                greater, ties = _core.rank_targets(q, self._out_emb, None, targets)
                 acc.update(greater, ties, examples.target_skips)
             elif protocol == "sampled":
                 for start, stop, cand in sampled_candidates(targets, self.n_items, seed,
                                                             n_neg=n_neg):
                     greater, ties = _core.rank_targets(
-                        np.ascontiguousarray(q[start:stop]), self.item_emb, cand,
+                        np.ascontiguousarray(q[start:stop]), self._out_emb, cand,
                         targets[start:stop])
                     acc.update(greater, ties, examples.target_skips[start:stop])
             else:
@@ -507,3 +536,141 @@ class SASRec(SequentialRecommender):
         c = self.config
         return ("transformer", c["n_items"], c["dim"], c["heads"], c["layers"],
                 c["max_len"], c["ffn"], c["dropout"], self.causal)
+
+
+class GRU4Rec(SequentialRecommender):
+    """GRU4Rec: a recurrent encoder over the session (Hidasi et al. 2016).
+
+    Item embedding, ``layers`` GRU layers (PyTorch's gate layout), dropout,
+    and the same prediction head and tied scoring as SASRec. The hidden state
+    is read at every position, so the skip-aware term attaches per position.
+    """
+
+    def __init__(self, n_items, dim=128, hidden=128, layers=1, max_len=20, dropout=0.2,
+                 seed=0, item_keys=None):
+        config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
+                      hidden=_check_int("hidden", hidden),
+                      layers=_check_int("layers", layers),
+                      max_len=_check_int("max_len", max_len), dropout=dropout,
+                      seed=_check_int("seed", seed, 0))
+        super().__init__(config, item_keys)
+
+    @property
+    def _cfg(self) -> tuple:
+        c = self.config
+        return ("gru", c["n_items"], c["dim"], c["hidden"], c["layers"], c["max_len"],
+                c["dropout"])
+
+
+class Caser(SequentialRecommender):
+    """Caser: horizontal and vertical convolutions over recent items (Tang & Wang 2018).
+
+    One prediction vector per position t from the window of the ``window``
+    items ending at t (left-padded), so training uses every position and the
+    skip-aware term attaches per position (the original trains on sliding
+    windows with a few targets each, and adds a user embedding we do not have).
+    """
+
+    def __init__(self, n_items, dim=128, window=5, n_h=16, n_v=4, max_len=20,
+                 dropout=0.2, seed=0, item_keys=None):
+        config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
+                      window=_check_int("window", window), n_h=_check_int("n_h", n_h),
+                      n_v=_check_int("n_v", n_v), max_len=_check_int("max_len", max_len),
+                      dropout=dropout, seed=_check_int("seed", seed, 0))
+        super().__init__(config, item_keys)
+
+    @property
+    def _cfg(self) -> tuple:
+        c = self.config
+        return ("caser", c["n_items"], c["dim"], c["window"], c["n_h"], c["n_v"],
+                c["max_len"], c["dropout"])
+
+
+class BERT4Rec(SASRec):
+    """BERT4Rec: a bidirectional Transformer trained by cloze (Sun et al. 2019).
+
+    The item table has one extra row, the [MASK] token (id ``n_items``),
+    which is never scored or recommended. Each training row is either a cloze
+    row (about ``mask_prob`` of its real positions replaced by [MASK], at
+    least one) or, with probability ``append_prob``, a next-item row whose
+    only [MASK] is appended after its last item; prediction reads the output
+    at such an appended [MASK].
+
+    The skip-aware term must not see its own answer in a bidirectional
+    encoder: with ``anchors="masked"`` (default) the anchors are the masked
+    positions whose item was not skipped, the positive is the masked item and
+    the negatives the session's skipped items. ``anchors="all"`` is the
+    published code's rule (every non-skipped position, positive = the next
+    non-skipped item, which the encoder can see in its input).
+    """
+
+    causal = 0
+    ANCHOR_RULES = ("masked", "all")
+
+    def __init__(self, n_items, dim=128, heads=8, layers=2, max_len=20, dropout=0.2,
+                 ffn=None, seed=0, item_keys=None, mask_prob=0.15, append_prob=0.5,
+                 anchors="masked"):
+        if not (isinstance(mask_prob, (int, float)) and 0 < mask_prob < 1):
+            raise InputError(f"mask_prob must be in (0, 1), got {mask_prob!r}")
+        if not (isinstance(append_prob, (int, float)) and 0 <= append_prob <= 1):
+            raise InputError(f"append_prob must be in [0, 1], got {append_prob!r}")
+        if anchors not in self.ANCHOR_RULES:
+            raise InputError(f"anchors must be one of {list(self.ANCHOR_RULES)}, "
+                             f"got {anchors!r}")
+        self.cloze = dict(mask_prob=float(mask_prob), append_prob=float(append_prob),
+                          anchors=anchors)
+        super().__init__(n_items, dim=dim, heads=heads, layers=layers, max_len=max_len,
+                         dropout=dropout, ffn=ffn, seed=seed, item_keys=item_keys)
+        self.config.update(self.cloze)
+
+    @property
+    def mask_id(self) -> int:
+        return self.n_items
+
+    @property
+    def _cfg(self) -> tuple:
+        c = self.config
+        return ("transformer", c["n_items"] + 1, c["dim"], c["heads"], c["layers"],
+                c["max_len"], c["ffn"], c["dropout"], self.causal)
+
+    def _make_batch(self, items_ext, skips, step) -> dict:
+        """Cloze and appended-[MASK] rows from the training rows (B, T+1)."""
+        B = items_ext.shape[0]
+        T = min(self.max_len, items_ext.shape[1])
+        rng = np.random.default_rng([_derive_seed(self.config["seed"], 4), step])
+        lengths = (items_ext > 0).sum(axis=1)
+        orig = np.zeros((B, T + 1), np.int32)
+        oskip = np.zeros((B, T + 1), np.uint8)
+        inputs = np.zeros((B, T), np.int32)
+        masked = np.zeros((B, T), bool)
+        append = rng.random(B) < self.cloze["append_prob"]
+        for b in range(B):
+            n = int(lengths[b])
+            start = max(0, n - T)  # the last T items fit
+            m = n - start
+            orig[b, :m] = items_ext[b, start:n]
+            oskip[b, :m] = skips[b, start:n]
+            inputs[b, :m] = orig[b, :m]
+            if append[b]:
+                masked[b, m - 1] = True  # the last item becomes the appended [MASK]
+            else:
+                k = max(1, int(round(self.cloze["mask_prob"] * m)))
+                masked[b, rng.choice(m, size=k, replace=False)] = True
+        inputs[masked] = self.mask_id
+        targets = np.where(masked, orig[:, :T], 0).astype(np.int32).reshape(-1)
+        pos = None
+        if self.cloze["anchors"] == "masked":
+            keep = masked & (oskip[:, :T] == 0) & (orig[:, :T] > 0)
+            pos = np.where(keep, np.arange(T)[None, :], -1).astype(np.int32)
+        return dict(inputs=inputs, targets=targets, cl_items=orig, cl_skips=oskip,
+                    cl_pos=pos)
+
+    def _prefix_vectors(self, inputs, lengths, batch_size=256) -> np.ndarray:
+        """Append [MASK] after the last max_len-1 items and read it there."""
+        N = len(lengths)
+        keep = np.minimum(lengths, self.max_len - 1)
+        rows = np.zeros((N, self.max_len), np.int32)
+        for i in range(N):
+            rows[i, :keep[i]] = inputs[i, lengths[i] - keep[i]:lengths[i]]
+            rows[i, keep[i]] = self.mask_id
+        return super()._prefix_vectors(rows, (keep + 1).astype(np.int32), batch_size)

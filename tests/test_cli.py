@@ -12,7 +12,8 @@ def test_run_writes_table_results_and_plot(tmp_path, capsys):
                      "--layers", "1", "--no-progress", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "sampled:HR@10" in text and "full:Skip-MRR@10" in text and "paired diff" in text
+    assert "HR@10" in text and "Skip-MRR@10" in text and "sampled ranking" in text
+    assert "full ranking" in text and "sasrec   diff" in text
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 4  # 2 seeds x (base, +term)
     assert {r["variant"] for r in results["runs"]} == {"base", "+term"}
@@ -42,3 +43,15 @@ def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "nfcl", "run", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--contrastive" in r.stdout
+
+
+def test_run_all_models_prints_one_table(tmp_path, capsys):
+    code = cli.main(["run", "--model", "all", "--epochs", "1", "--seeds", "2", "--dim", "8",
+                     "--heads", "2", "--no-progress", "--out", str(tmp_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    for name in ("gru4rec", "caser", "sasrec", "bert4rec"):
+        for variant in ("base", "+term", "diff"):
+            assert f"{name:<9}{variant:<8}" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 16
