@@ -13,7 +13,9 @@ _openblas.get_openblas_config()
 
 from . import _core  # noqa: E402
 from ._runtime import get_num_threads, set_num_threads  # noqa: E402
-from .models import SASRec  # noqa: E402
+from .baselines import ItemKNN, MostPopular  # noqa: E402
+from .models import BERT4Rec, Caser, GRU4Rec, SASRec  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SASRec", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["SASRec", "BERT4Rec", "GRU4Rec", "Caser", "MostPopular", "ItemKNN",
+           "get_num_threads", "set_num_threads", "__version__"]

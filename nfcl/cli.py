@@ -112,6 +112,7 @@ def cmd_run(args) -> int:
                                    contrastive=args.contrastive,
                                    model_kw=model_options(name, args), fit_kw=fit_kw,
                                    progress=not args.no_progress)
+    rows += experiment.baseline_rows(split)
     wall = time.perf_counter() - t0
     summaries = {f"{m}/{p}": experiment.summarize([r for r in rows if r["model"] == m], p)
                  for m in names for p in ("sampled", "full")}
@@ -124,7 +125,7 @@ def cmd_run(args) -> int:
                 wall_seconds=wall)
     paths = experiment.write_results(args.out, rows, summaries, meta)
     png = experiment.plot_comparison(
-        rows, os.path.join(args.out, "comparison.png"),
+        [r for r in rows if r["model"] in names], os.path.join(args.out, "comparison.png"),
         title=f"base vs +skip-aware term (w={args.w}), sampled ranking, test set, "
               f"mean ± sd over {args.seeds} seeds")
     print(f"\nwrote {paths['json']}, {paths['csv']}, {png} in {wall:.1f} s")

@@ -15,10 +15,11 @@ def test_run_writes_table_results_and_plot(tmp_path, capsys):
     assert "HR@10" in text and "Skip-MRR@10" in text and "sampled ranking" in text
     assert "full ranking" in text and "sasrec   diff" in text
     results = json.loads((out / "results.json").read_text())
-    assert len(results["runs"]) == 4  # 2 seeds x (base, +term)
+    assert len(results["runs"]) == 6  # 2 seeds x (base, +term) + 2 baselines
+    assert "itemknn  base" in text and "mostpop  base" in text
     assert {r["variant"] for r in results["runs"]} == {"base", "+term"}
     assert results["meta"]["data"]["sessions"] > 100
-    assert (out / "runs.csv").read_text().count("\n") == 5
+    assert (out / "runs.csv").read_text().count("\n") == 7
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -54,4 +55,4 @@ def test_run_all_models_prints_one_table(tmp_path, capsys):
         for variant in ("base", "+term", "diff"):
             assert f"{name:<9}{variant:<8}" in text
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["runs"]) == 16
+    assert len(results["runs"]) == 18
