@@ -8,6 +8,7 @@
  * batch did not touch keep their moments and are not decayed. The update
  * itself uses Adam's form (eps added to sqrt(v_hat)) on those rows too.
  */
+#include <float.h>
 #include <math.h>
 
 #include "nfcl.h"
@@ -62,7 +63,7 @@ static int adam_check(int64_t n, int64_t emb_rows, int C,
     }
     if (t < 1 || !(lr >= 0.0f) || !isfinite(lr) || !(beta1 >= 0.0f) ||
         !(beta1 < 1.0f) || !(beta2 >= 0.0f) || !(beta2 < 1.0f) ||
-        !(eps >= 0.0f) || !isfinite(eps) || !(weight_decay >= 0.0f) ||
+        !(eps > 0.0f) || !isfinite(eps) || !(weight_decay >= 0.0f) ||
         !isfinite(weight_decay)) {
         return NFCL_E_ARG;
     }
@@ -101,8 +102,10 @@ int nfcl_adam_step(float *params, float *grads, float *m, float *v, int64_t n,
     }
     double norm = sqrt(ss);
     *gnorm = (float)norm;
-    if (!isfinite(norm)) {
-        return NFCL_E_NONFINITE; /* nothing has been touched yet */
+    if (!isfinite(norm) || norm > FLT_MAX) {
+        /* nothing has been touched yet; a norm past float range would
+         * poison the second moments with inf */
+        return NFCL_E_NONFINITE;
     }
 
     /* clip_grad_norm_: scale by min(1, clip / (norm + 1e-6)) */

@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <numpy/arrayobject.h>
 
+#include <math.h>
 #include <string.h>
 
 #include "nfcl.h"
@@ -320,6 +321,22 @@ static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset *
         PyErr_SetString(PyExc_ValueError, "rowset.count is out of range");
         return 0;
     }
+
+    /* the marks must be exactly the listed rows, or marking could write
+     * past the end of rows */
+    int64_t marked = 0;
+    for (npy_intp i = 0; i < sm[0]; i++) {
+        marked += rs->mask[i] != 0;
+    }
+    int ok = marked == *rs->count;
+    for (int64_t i = 0; ok && i < *rs->count; i++) {
+        ok = rs->rows[i] > 0 && rs->rows[i] < sm[0] && rs->mask[rs->rows[i]] != 0;
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "rowset is inconsistent: rowset.mask must mark "
+                        "exactly the rowset.count ids listed first in rowset.rows");
+        return 0;
+    }
     *out = rs;
     return 1;
 }
@@ -376,9 +393,13 @@ static PyObject *py_enc_sizes(PyObject *self, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "T=%d exceeds max_len=%d", T,
                             enc_max_len(&cfg));
     }
-    return Py_BuildValue("(LLL)", (long long)enc_num_params(&cfg),
-                         (long long)enc_acts_size(&cfg, B, T),
-                         (long long)enc_scratch_size(&cfg, B, T));
+    int64_t n_params = enc_num_params(&cfg), n_acts = enc_acts_size(&cfg, B, T);
+    int64_t n_scratch = enc_scratch_size(&cfg, B, T);
+    if (n_params < 0 || n_acts < 0 || n_scratch < 0) {
+        return raise_status(NFCL_E_SIZE, "enc_sizes");
+    }
+    return Py_BuildValue("(LLL)", (long long)n_params, (long long)n_acts,
+                         (long long)n_scratch);
 }
 
 static PyObject *py_enc_init(PyObject *self, PyObject *args)
@@ -496,6 +517,13 @@ static PyObject *py_sample_candidates(PyObject *self, PyObject *args)
     if (targets == NULL) return NULL;
     uint8_t *seen = check_array(seen_obj, "seen", NPY_UINT8, 1, sv, 1);
     if (seen == NULL) return NULL;
+    for (npy_intp i = 0; i < sv[0]; i++) {
+        if (seen[i] != 0) {
+            return PyErr_Format(PyExc_ValueError, "argument 'seen' must be all zeros "
+                                "(scratch), found %d at index %lld", (int)seen[i],
+                                (long long)i);
+        }
+    }
     npy_intp cap = st[0] + (npy_intp)n_neg;
     PyArrayObject *cand = (PyArrayObject *)PyArray_SimpleNew(1, &cap, NPY_INT32);
     PyArrayObject *tidx = (PyArrayObject *)PyArray_SimpleNew(1, st, NPY_INT32);
@@ -554,6 +582,9 @@ static PyObject *py_softmax_xent(PyObject *self, PyObject *args)
     if (dq == NULL) return NULL;
     float *demb = check_array(de_obj, "demb", NPY_FLOAT32, 2, se, 1);
     if (demb == NULL || !parse_rowset(rs_obj, se[0], &rs_store, &rs)) return NULL;
+    if (!isfinite(scale)) {
+        return PyErr_Format(PyExc_ValueError, "argument 'scale' must be finite");
+    }
     int64_t K = has_cand ? sc[0] : se[0] - 1;
     CALL_C(status, nfcl_softmax_xent(q, sq[0], (int)sq[1], emb, se[0], cand, K, tidx,
                                      scale, &loss, dq, demb, rs));
@@ -592,6 +623,9 @@ static PyObject *py_infonce(PyObject *self, PyObject *args)
     if (has_pos && pos == NULL) return NULL;
     if (!(tau > 0.0f) || tau > 1e30f) {
         return PyErr_Format(PyExc_ValueError, "tau must be a positive finite number");
+    }
+    if (!isfinite(scale)) {
+        return PyErr_Format(PyExc_ValueError, "argument 'scale' must be finite");
     }
     if (variant != 0 && variant != 1) {
         return PyErr_Format(PyExc_ValueError, "variant must be 0 or 1, got %d", variant);
@@ -722,6 +756,9 @@ static PyObject *py_trunc_normal(PyObject *self, PyObject *args)
     unsigned long long seed, stream;
     int status;
     if (!PyArg_ParseTuple(args, "OfKK", &x_obj, &std, &seed, &stream)) return NULL;
+    if (!isfinite(std) || std < 0.0f) {
+        return PyErr_Format(PyExc_ValueError, "argument 'std' must be finite and >= 0");
+    }
     if (!PyArray_Check(x_obj)) {
         return PyErr_Format(PyExc_TypeError, "argument 'x' must be a numpy.ndarray");
     }

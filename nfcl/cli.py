@@ -89,7 +89,22 @@ def model_options(name, args) -> dict:
     return kw
 
 
+def check_args(args) -> None:
+    """Refuse impossible options before any work, and make sure the output
+    folder is writable so that a long run is not lost at the end."""
+    for name in ("seeds", "epochs", "batch_size", "dim", "max_len", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise NfclError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    os.makedirs(args.out, exist_ok=True)
+    probe = os.path.join(args.out, ".nfcl-write-test")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+
+
 def cmd_run(args) -> int:
+    check_args(args)
     if args.threads is not None:
         set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -116,9 +131,8 @@ def cmd_run(args) -> int:
     wall = time.perf_counter() - t0
     summaries = {f"{m}/{p}": experiment.summarize([r for r in rows if r["model"] == m], p)
                  for m in names for p in ("sampled", "full")}
-    for protocol in ("sampled", "full"):
-        print()
-        print(experiment.format_table(rows, protocol))
+    print()
+    print(experiment.format_table(rows))
     meta = dict(args=vars(args), data=dict(source=data.source, sessions=data.n_sessions,
                 plays=int(data.items.size), items=data.n_items - 1,
                 skip_rate=data.skip_rate, fingerprint=data.fingerprint()),

@@ -93,30 +93,33 @@ def _sd(x) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
-TABLE_METRICS = ("HR@1", "HR@10", "HR@20", "MRR@10", "NDCG@10", "Skip-MRR@10")
+TABLE_COLUMNS = (("sampled", "HR@1"), ("sampled", "HR@10"), ("sampled", "MRR@10"),
+                 ("sampled", "NDCG@10"), ("sampled", "Skip-MRR@10"), ("full", "HR@10"),
+                 ("full", "MRR@10"), ("full", "Skip-MRR@10"))
 
 
-def format_table(rows, protocol="sampled") -> str:
+def format_table(rows) -> str:
     """One text table: for every model, base and +term (mean ± sd over seeds)
-    and their paired difference, on the headline metrics of one protocol."""
-    cols = TABLE_METRICS
-    head = f"{'model':<9}{'variant':<8}" + "".join(f"{c:>18}" for c in cols)
-    lines = [head, "-" * len(head)]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for model in models:
-        summary = {s["metric"].split(":", 1)[1]: s
-                   for s in summarize([r for r in rows if r["model"] == model], protocol)}
-        variants = (("base", "base", False), ("+term", "term", False),
-                    ("diff", "diff", True))
-        if not any(r["model"] == model and r["variant"] == "+term" for r in rows):
+    and their paired difference, sampled- and full-ranking metrics side by side."""
+    head1 = f"{'':<17}" + "".join(f"{p:>14}" for p, _ in TABLE_COLUMNS)
+    head2 = f"{'model':<9}{'variant':<8}" + "".join(
+        f"{m.replace('Skip-MRR@10', 'SkipMRR@10↓'):>14}" for _, m in TABLE_COLUMNS)
+    lines = [head1, head2, "-" * len(head2)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        stats = {p: {s["metric"]: s for s in summarize(mine, p)} for p in ("sampled", "full")}
+        variants = (("base", "base", False), ("+term", "term", False), ("diff", "diff", True))
+        if not any(r["variant"] == "+term" for r in mine):
             variants = variants[:1]  # a baseline: no skip-aware variant
         for label, key, signed in variants:
-            cells = "".join(f"{_pm(summary[c][key + '_mean'], summary[c][key + '_sd'], signed):>18}"
-                            for c in cols)
+            cells = ""
+            for p, m in TABLE_COLUMNS:
+                st = stats[p][f"{p}:{m}"]
+                cells += f"{_pm(st[key + '_mean'], st[key + '_sd'], signed):>14}"
             lines.append(f"{model:<9}{label:<8}{cells}")
-    n_seeds = len({r["seed"] for r in rows})
-    lines.append(f"({protocol} ranking, test set; mean ± sd over {n_seeds} seeds; diff = "
-                 "paired +term minus base; Skip-MRR@10: lower is better)")
+    n_seeds = len({r["seed"] for r in rows if r["variant"] == "+term"}) or 1
+    lines.append(f"test set; mean ± sd over {n_seeds} seeds; diff = paired +term minus base "
+                 "(same seed, same candidates); ↓ lower is better")
     return "\n".join(lines)
 
 
@@ -124,7 +127,7 @@ def _pm(mean, sd, signed=False) -> str:
     if math.isnan(mean):
         return "n/a"
     sign = "+" if signed and mean >= 0 else ""
-    return f"{sign}{mean:.4f} ± {sd:.4f}" if not math.isnan(sd) else f"{sign}{mean:.4f}"
+    return f"{sign}{mean:.3f}±{sd:.3f}" if not math.isnan(sd) else f"{sign}{mean:.3f}"
 
 
 def write_results(folder, rows, summaries, meta) -> dict:

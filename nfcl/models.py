@@ -58,26 +58,40 @@ class _Buffers:
         return a[:n]
 
 
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an int >= {low}, got {value!r}")
+def _check_int(name, value, low=1, high=2**31 - 1):
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not low <= value <= high):
+        raise InputError(f"{name} must be an int in {low}..{high}, got {value!r}")
     return int(value)
 
 
 def as_prefixes(sequences, n_items: int, max_len: int | None) -> tuple:
     """sequences -> (inputs (N, T) int32 right-padded, lengths (N,)).
 
-    ``sequences`` is an Examples (returned as is), one 1-D array or a list of
-    them; each is cut to its last ``max_len`` items (None: kept whole).
+    ``sequences`` is an Examples, one sequence (a 1-D array or a list of
+    ints) or a list of sequences; each is cut to its last ``max_len`` items
+    (None: kept whole).
 
     Raises:
         InputError: no sequence, an empty or non-integer one, or ids
         outside 1..n_items-1.
     """
     if isinstance(sequences, Examples):
-        return sequences.inputs, sequences.lengths
+        inputs, lengths = sequences.inputs, sequences.lengths
+        if inputs.size and (inputs.min() < 0 or inputs.max() >= n_items):
+            raise InputError(f"examples: inputs hold ids outside 1..{n_items - 1}")
+        if max_len is None or inputs.shape[1] <= max_len:
+            return inputs, lengths
+        sequences = [row[:n] for row, n in zip(inputs, lengths)]
     if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
         sequences = [sequences]
+    elif isinstance(sequences, (list, tuple)) and sequences and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            for v in sequences):
+        sequences = [np.asarray(sequences)]  # one flat sequence of ids
+    if not hasattr(sequences, "__len__"):
+        raise InputError(f"sequences must be a list of item-id sequences, got "
+                         f"{type(sequences).__name__}")
     if len(sequences) == 0:
         raise InputError("no sequences given")
     rows = []
@@ -332,7 +346,11 @@ class SequentialRecommender:
             rng = np.random.default_rng([shuffle_seed, epoch])
             t0, sums, n_batches = time.perf_counter(), {}, 0
             for items_ext, skips in training_batches(train, batch_size, self.max_len, rng):
-                out = self._train_step(items_ext, skips, **step_args)
+                try:
+                    out = self._train_step(items_ext, skips, **step_args)
+                except BaseException:  # Ctrl-C or an error between two kernels
+                    self._clear_grads()
+                    raise
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_batches += 1
@@ -360,6 +378,9 @@ class SequentialRecommender:
             raise InputError(f"train must be nfcl.sessions.Sessions, got {type(train).__name__}")
         if train.n_sessions == 0:
             raise InputError("train holds no sessions")
+        if not np.any(train.lengths >= 2):
+            raise InputError("train has no session with 2 or more items, so there is no "
+                             "next-item target to learn")
         if train.items.size and int(train.items.max()) >= self.n_items:
             raise InputError(f"train holds item id {int(train.items.max())}, but the model "
                              f"has n_items={self.n_items}")
@@ -416,8 +437,14 @@ class SequentialRecommender:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < self.n_items:
             raise InputError(f"k must be an int in 1..{self.n_items - 1}, got {k!r}")
         q = self._prefix_vectors(inputs, lengths)
-        exclude = np.ascontiguousarray(inputs) if exclude_seen else None
-        ids, _ = _core.topk(q, self._out_emb, int(k), exclude)
+        exclude = None
+        if exclude_seen:  # every item of the sequence, not only the last max_len
+            exclude, _ = as_prefixes(sequences, self.n_items, None)
+            if int(k) > self.n_items - 1 - exclude.shape[1]:
+                raise InputError(f"k={k} is more than the items left after excluding "
+                                 "the seen ones")
+        ids, _ = _core.topk(q, self._out_emb, int(k),
+                            None if exclude is None else np.ascontiguousarray(exclude))
         return ids
 
     def evaluate(self, examples: Examples, protocols=("full", "sampled"), seed=0,
@@ -436,6 +463,8 @@ class SequentialRecommender:
             raise InputError("no examples to evaluate")
         if examples.targets.min() < 1 or examples.targets.max() >= self.n_items:
             raise InputError(f"targets hold ids outside 1..{self.n_items - 1}")
+        if isinstance(protocols, str):
+            protocols = (protocols,)
         q = self.predict_vectors(examples)
         targets = np.ascontiguousarray(examples.targets, dtype=np.int32)
         out = {}
@@ -472,6 +501,9 @@ class SequentialRecommender:
                 np.savez(f, params=self.params, header=np.array(json.dumps(header)))
                 f.flush()
                 os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -484,9 +516,14 @@ class SequentialRecommender:
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
-                params = z["params"]
-        except (OSError, ValueError, KeyError) as e:
-            raise NfclError(f"{path}: not a readable nfcl model file ({e})") from None
+                params = np.array(z["params"])
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # zip, npy, JSON and key errors alike
+            raise NfclError(f"{path}: not a readable nfcl model file "
+                            f"({type(e).__name__}: {e})") from None
         if header.get("format_version") != FORMAT_VERSION:
             raise NfclError(f"{path}: format version {header.get('format_version')} is not "
                             f"supported (this nfcl reads {FORMAT_VERSION})")
@@ -494,9 +531,14 @@ class SequentialRecommender:
             raise NfclError(f"{path}: holds a {header.get('model')}, not a {cls.__name__}")
         if hashlib.sha256(params.tobytes()).hexdigest() != header.get("sha256"):
             raise NfclError(f"{path}: checksum mismatch, the file is corrupted")
-        model = cls(item_keys=header.get("item_keys"), **header["config"])
+        try:
+            model = cls(item_keys=header.get("item_keys"), **header["config"])
+        except (TypeError, KeyError, InputError) as e:
+            raise NfclError(f"{path}: the stored config is not valid ({e})") from None
         if params.shape != model.params.shape or params.dtype != np.float32:
             raise NfclError(f"{path}: parameter buffer does not match the config")
+        if not np.all(np.isfinite(params)):
+            raise NfclError(f"{path}: the weights hold NaN or infinite values")
         model.params[:] = params
         return model
 
@@ -525,8 +567,11 @@ class SASRec(SequentialRecommender):
     def __init__(self, n_items, dim=128, heads=8, layers=2, max_len=20, dropout=0.2,
                  ffn=None, seed=0, item_keys=None):
         ffn = dim if ffn is None else ffn
+        if _check_int("dim", dim) % _check_int("heads", heads):
+            raise InputError(f"heads={heads} must divide dim={dim}")
         config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
-                      heads=_check_int("heads", heads), layers=_check_int("layers", layers),
+                      heads=_check_int("heads", heads),
+                      layers=_check_int("layers", layers, 1, 32),
                       max_len=_check_int("max_len", max_len), ffn=_check_int("ffn", ffn),
                       dropout=dropout, seed=_check_int("seed", seed, 0))
         super().__init__(config, item_keys)
@@ -550,7 +595,7 @@ class GRU4Rec(SequentialRecommender):
                  seed=0, item_keys=None):
         config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
                       hidden=_check_int("hidden", hidden),
-                      layers=_check_int("layers", layers),
+                      layers=_check_int("layers", layers, 1, 32),
                       max_len=_check_int("max_len", max_len), dropout=dropout,
                       seed=_check_int("seed", seed, 0))
         super().__init__(config, item_keys)
@@ -574,7 +619,7 @@ class Caser(SequentialRecommender):
     def __init__(self, n_items, dim=128, window=5, n_h=16, n_v=4, max_len=20,
                  dropout=0.2, seed=0, item_keys=None):
         config = dict(n_items=_check_int("n_items", n_items, 2), dim=_check_int("dim", dim),
-                      window=_check_int("window", window), n_h=_check_int("n_h", n_h),
+                      window=_check_int("window", window, 1, 32), n_h=_check_int("n_h", n_h),
                       n_v=_check_int("n_v", n_v), max_len=_check_int("max_len", max_len),
                       dropout=dropout, seed=_check_int("seed", seed, 0))
         super().__init__(config, item_keys)

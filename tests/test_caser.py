@@ -226,64 +226,17 @@ def test_init_rows_biases_and_scale():
 
 
 def torch_caser(cfg, params):
-    torch = pytest.importorskip("torch")
-    nn, F = torch.nn, torch.nn.functional
-    W = cfg[3]
-    w = {k: torch.tensor(v, dtype=torch.float64) for k, v in views(cfg, params).items()}
+    """The torch twin in float64 with these weights, and a function returning
+    its gradients by nfcl name."""
+    pytest.importorskip("torch")
+    from torch_twins import TorchCaser
 
-    class Caser(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.item_emb = nn.Embedding(V, C, padding_idx=0)
-            self.conv_v = nn.Conv2d(1, N_V, (W, 1))
-            self.conv_h = nn.ModuleList(
-                nn.Conv2d(1, N_H, (h, C)) for h in range(1, W + 1)
-            )
-            self.fc = nn.Linear(N_V * C + N_H * W, C)
-            self.head = nn.Linear(C, C)
-
-        def forward(self, items):
-            Bx, Tx = items.shape
-            e = self.item_emb(items)  # (B,T,C)
-            pad = F.pad(e, (0, 0, W - 1, 0))  # (B,T+W-1,C)
-            win = pad.unfold(1, W, 1).permute(0, 1, 3, 2)  # (B,T,W,C)
-            win = win.reshape(Bx * Tx, 1, W, C)
-            out_v = self.conv_v(win).view(Bx * Tx, -1)  # (B*T, n_v*C)
-            out_h = []
-            for conv in self.conv_h:
-                conv_out = F.relu(conv(win).squeeze(3))  # (B*T, n_h, W-h+1)
-                pool = F.max_pool1d(conv_out, conv_out.size(2)).squeeze(2)
-                out_h.append(pool)
-            x = torch.cat([out_v, *out_h], 1)
-            z = F.relu(self.fc(x))
-            return F.gelu(self.head(z)).view(Bx, Tx, C)
-
-    m = Caser().double()
-    with torch.no_grad():
-        m.item_emb.weight.copy_(w["item_emb"])
-        m.conv_v.weight.copy_(w["conv_v_w"].view(N_V, 1, W, 1))
-        m.conv_v.bias.copy_(w["conv_v_b"])
-        for h, conv in enumerate(m.conv_h, start=1):
-            conv.weight.copy_(w[f"conv_h{h}_w"].view(N_H, 1, h, C))
-            conv.bias.copy_(w[f"conv_h{h}_b"])
-        for name, lin in (("fc", m.fc), ("head", m.head)):
-            lin.weight.copy_(w[f"{name}_w"])
-            lin.bias.copy_(w[f"{name}_b"])
+    sizes = {"n_items": V, "dim": C, "window": cfg[3], "n_h": N_H, "n_v": N_V}
+    m = TorchCaser(sizes).double()
+    m.load_nfcl(views(cfg, params))
 
     def grads():
-        out = {
-            "item_emb": m.item_emb.weight.grad,
-            "conv_v_w": m.conv_v.weight.grad,
-            "conv_v_b": m.conv_v.bias.grad,
-            "fc_w": m.fc.weight.grad,
-            "fc_b": m.fc.bias.grad,
-            "head_w": m.head.weight.grad,
-            "head_b": m.head.bias.grad,
-        }
-        for h, conv in enumerate(m.conv_h, start=1):
-            out[f"conv_h{h}_w"] = conv.weight.grad
-            out[f"conv_h{h}_b"] = conv.bias.grad
-        return {k: v.numpy() for k, v in out.items()}
+        return {k: p.grad.numpy() for k, p in m.named_like_nfcl().items()}
 
     return m, grads
 

@@ -12,8 +12,8 @@ def test_run_writes_table_results_and_plot(tmp_path, capsys):
                      "--layers", "1", "--no-progress", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "HR@10" in text and "Skip-MRR@10" in text and "sampled ranking" in text
-    assert "full ranking" in text and "sasrec   diff" in text
+    assert "HR@10" in text and "SkipMRR@10↓" in text and "sampled" in text
+    assert "full" in text and "sasrec   diff" in text
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 6  # 2 seeds x (base, +term) + 2 baselines
     assert "itemknn  base" in text and "mostpop  base" in text
@@ -56,3 +56,12 @@ def test_run_all_models_prints_one_table(tmp_path, capsys):
             assert f"{name:<9}{variant:<8}" in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["runs"]) == 18
+
+
+def test_impossible_options_fail_before_training(tmp_path, capsys):
+    assert cli.main(["run", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["run", "--out", str(blocker), "--no-progress"]) == 2
+    assert "file" in capsys.readouterr().err

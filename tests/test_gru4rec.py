@@ -147,29 +147,19 @@ def torch_gradients(cfg, params, items, dq):
     session run alone on its real positions (torch does not carry state across
     padding)."""
     torch = pytest.importorskip("torch")
-    L = cfg[4]
-    P = views(cfg, params)
-    emb = torch.nn.Embedding(V, C).double()
-    gru = torch.nn.GRU(C, H, L, batch_first=True).double()
-    head = torch.nn.Linear(H, C).double()
-    named = {"item_emb": emb.weight, "head_w": head.weight, "head_b": head.bias}
-    for l in range(L):
-        named[f"gru{l}.w_ih"] = getattr(gru, f"weight_ih_l{l}")
-        named[f"gru{l}.w_hh"] = getattr(gru, f"weight_hh_l{l}")
-        named[f"gru{l}.b_ih"] = getattr(gru, f"bias_ih_l{l}")
-        named[f"gru{l}.b_hh"] = getattr(gru, f"bias_hh_l{l}")
-    assert set(named) == set(P)
-    with torch.no_grad():
-        for name, p in named.items():
-            p.copy_(torch.from_numpy(P[name].astype(np.float64)))
+    from torch_twins import TorchGRU4Rec
+
+    sizes = {"n_items": V, "dim": C, "hidden": H, "layers": cfg[4]}
+    tm = TorchGRU4Rec(sizes).double()
+    named = tm.named_like_nfcl()
+    assert set(named) == set(views(cfg, params))
+    tm.load_nfcl(views(cfg, params))
 
     q = np.zeros(items.shape + (C,))
     loss = 0.0
     for b in range(items.shape[0]):
         n = int((items[b] != 0).sum())
-        ids = torch.from_numpy(items[b : b + 1, :n].astype(np.int64))
-        out, _ = gru(emb(ids))
-        qb = torch.nn.functional.gelu(head(out))
+        qb = tm(torch.from_numpy(items[b : b + 1, :n].astype(np.int64)))
         dq_b = torch.from_numpy(dq[b : b + 1, :n].astype(np.float64))
         loss = loss + (qb * dq_b).sum()
         q[b, :n] = qb[0].detach().numpy()

@@ -102,10 +102,12 @@ def test_save_load_roundtrip_and_corruption(trained, split, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(n_items=1), "n_items"),
-    (dict(n_items=10, dim=10, heads=3), "heads must divide dim"),
+    (dict(n_items=10, dim=10, heads=3), "heads=3 must divide dim=10"),
+    (dict(n_items=10, layers=33), "layers must be an int in 1..32"),
+    (dict(n_items=10, max_len=2**31), "max_len must be an int"),
     (dict(n_items=10, dropout=1.0), "dropout"),
     (dict(n_items=10, dim=2.5), "dim must be an int"),
-    (dict(n_items=10, layers=0), "layers must be an int >= 1"),
+    (dict(n_items=10, layers=0), "layers must be an int in 1..32"),
 ])
 def test_bad_model_config(kwargs, match):
     with pytest.raises(InputError, match=match):

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import nfcl  # noqa: E402
 from nfcl import _core  # noqa: E402
 from nfcl.sessions import Sessions  # noqa: E402
-from torch_sasrec import (TorchSASRec, full_softmax_loss, infonce_ours,  # noqa: E402
+from torch_twins import (TorchSASRec, full_softmax_loss, infonce_ours,  # noqa: E402
                           sampled_softmax_loss)
 
 CFG = dict(n_items=40, dim=16, heads=4, layers=2, max_len=8, ffn=24)

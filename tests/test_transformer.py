@@ -1,7 +1,7 @@
 """The C Transformer encoder (nfcl_tf_*) against PyTorch.
 
 Dropout off: forward and every parameter gradient against torch's own
-nn.TransformerEncoderLayer (the twin in torch_sasrec.py). Dropout on: against a
+nn.TransformerEncoderLayer (the twin in torch_twins.py). Dropout on: against a
 float64 functional twin that rebuilds the C masks from the counter-based RNG.
 """
 
@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nfcl import _core  # noqa: E402
-from torch_sasrec import TorchSASRec  # noqa: E402
+from torch_twins import TorchSASRec  # noqa: E402
 
 CFG = dict(n_items=30, dim=16, heads=4, layers=2, max_len=10, ffn=24)
 SITES_PER_STEP = 1024
