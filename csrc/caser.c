@@ -495,12 +495,7 @@ static int check_call(const nfcl_caser_config *cfg, const int32_t *items,
     if (items == NULL) {
         return NFCL_E_ARG;
     }
-    for (int64_t i = 0; i < d->N; i++) {
-        if (items[i] < 0 || items[i] >= d->V) {
-            return NFCL_E_RANGE;
-        }
-    }
-    return NFCL_OK;
+    return nfcl_check_ids(items, d->N, 0, d->V);
 }
 
 int nfcl_caser_forward(const nfcl_caser_config *cfg, const float *params,

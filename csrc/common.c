@@ -84,3 +84,16 @@ void nfcl_rowset_mark(nfcl_rowset *rs, int32_t row)
     rs->rows[*rs->count] = row;
     *rs->count += 1;
 }
+
+/* ---------------------------------------------------------------------- */
+/* id ranges, checked before any table row is read */
+
+int nfcl_check_ids(const int32_t *ids, int64_t n, int64_t lo, int64_t hi)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < lo || ids[i] >= hi) {
+            return NFCL_E_RANGE;
+        }
+    }
+    return NFCL_OK;
+}

@@ -394,13 +394,7 @@ static int check_call(const nfcl_gru_config *cfg, const void *params,
         return NFCL_E_ARG;
     }
     /* every id must index the table before any row is read */
-    int64_t N = (int64_t)B * T;
-    for (int64_t i = 0; i < N; i++) {
-        if (items[i] < 0 || items[i] >= cfg->n_items) {
-            return NFCL_E_RANGE;
-        }
-    }
-    return NFCL_OK;
+    return nfcl_check_ids(items, (int64_t)B * T, 0, cfg->n_items);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -212,10 +212,8 @@ static int xent_check(int64_t N, int C, int64_t V, const int32_t *cand,
     if (cand == NULL && K != V - 1) {
         return NFCL_E_ARG;
     }
-    for (int64_t k = 0; cand != NULL && k < K; k++) {
-        if (cand[k] < 1 || cand[k] >= V) {
-            return NFCL_E_RANGE;
-        }
+    if (cand != NULL && nfcl_check_ids(cand, K, 1, V) != NFCL_OK) {
+        return NFCL_E_RANGE;
     }
     *n_valid = 0;
     for (int64_t n = 0; n < N; n++) {

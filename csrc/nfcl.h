@@ -52,6 +52,9 @@ typedef struct {
 
 void nfcl_rowset_mark(nfcl_rowset *rs, int32_t row);
 
+/* NFCL_OK if every ids[i] (n of them) lies in [lo, hi), else NFCL_E_RANGE */
+int nfcl_check_ids(const int32_t *ids, int64_t n, int64_t lo, int64_t hi);
+
 /* ---------------------------------------------------------------------- */
 /* counter-based random numbers: a pure function of (seed, stream, counter),
  * so results never depend on thread count or call order. */

@@ -83,10 +83,8 @@ static int eval_check(const float *q, int64_t N, int C, const float *emb,
     if (cand == NULL && K != V - 1) {
         return NFCL_E_ARG;
     }
-    for (int64_t k = 0; cand != NULL && k < K; k++) {
-        if (cand[k] < 1 || cand[k] >= V) {
-            return NFCL_E_RANGE;
-        }
+    if (cand != NULL && nfcl_check_ids(cand, K, 1, V) != NFCL_OK) {
+        return NFCL_E_RANGE;
     }
     int ok = all_finite(q, N * C) && (cand != NULL || all_finite(emb + C, K * C));
     for (int64_t k = 0; ok && cand != NULL && k < K; k++) {

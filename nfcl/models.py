@@ -308,7 +308,8 @@ class SequentialRecommender:
     def fit(self, train: Sessions, valid: Examples | None = None, *, epochs=20,
             batch_size=64, lr=5e-3, w=0.5, tau=0.1, contrastive="ours",
             loss="sampled", n_neg=1000, clip=5.0, weight_decay=0.0,
-            restore_best=True, eval_seed=0, progress=True):
+            restore_best=True, eval_seed=0, progress=True, checkpoint=None,
+            resume=False):
         """Train on the sessions of ``train`` (each a training sequence).
 
         Args:
@@ -322,6 +323,10 @@ class SequentialRecommender:
                 "reference" (the published code's behaviour, for ablation).
             loss: "sampled" (softmax over the batch's targets plus ``n_neg``
                 uniform negatives, redrawn every batch) or "full".
+            checkpoint: optional path; the training state is written there
+                (atomically) after every epoch, see nfcl.checkpoint.
+            resume: continue from ``checkpoint`` (same model, config, data and
+                fit arguments); ``epochs`` more epochs are run.
 
         Returns:
             self. ``self.history`` gets one dict per epoch.
@@ -338,6 +343,11 @@ class SequentialRecommender:
                          loss=loss, n_neg=int(n_neg), clip=float(clip),
                          weight_decay=float(weight_decay))
         best, best_params = -math.inf, None
+        ckpt = self._checkpoint_open(train, checkpoint, resume,
+                                     dict(step_args, batch_size=int(batch_size),
+                                          eval_seed=eval_seed))
+        if resume:
+            best, best_params = ckpt.restore()
         shuffle_seed = _derive_seed(self.config["seed"], 3)
         bar = tqdm(total=epochs, desc=f"{type(self).__name__} w={w:g}", disable=not progress,
                    leave=False)
@@ -363,6 +373,8 @@ class SequentialRecommender:
                     best, best_params = row["valid:MRR@10"], self.params.copy()
             self._opt["epoch"] = epoch + 1
             self.history.append(row)
+            if ckpt is not None:
+                ckpt.save(best, best_params)
             log.info("epoch %d %s", epoch + 1,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
@@ -371,6 +383,15 @@ class SequentialRecommender:
         if restore_best and best_params is not None:
             self.params[:] = best_params
         return self
+
+    def _checkpoint_open(self, train, path, resume, fit_args):
+        """A checkpoint writer/reader for fit, or None without a path."""
+        if path is None:
+            if resume:
+                raise InputError("resume=True needs a checkpoint path")
+            return None
+        from .checkpoint import FitCheckpoint
+        return FitCheckpoint(self, path, train.fingerprint(), fit_args)
 
     def _check_fit_args(self, train, valid, epochs, batch_size, lr, w, tau,
                         contrastive, loss, n_neg, clip):
