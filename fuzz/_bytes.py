@@ -1,4 +1,5 @@
 """A tiny reader that turns fuzz bytes into choices, with or without atheris."""
+
 from __future__ import annotations
 
 import struct
@@ -11,7 +12,7 @@ class Bytes:
         self.data, self.pos = data, 0
 
     def take(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += len(out)
         return out.ljust(n, b"\0")
 
@@ -25,13 +26,25 @@ class Bytes:
         return options[self.int(0, len(options) - 1)]
 
     def float(self) -> float:
-        special = (0.0, -0.0, 1.0, -1.0, 1e-8, 1e30, -1e30, float("nan"),
-                   float("inf"), float("-inf"), 0.5, 3.4e38)
+        special = (
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            1e-8,
+            1e30,
+            -1e30,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            0.5,
+            3.4e38,
+        )
         if self.int(0, 1):
             return self.pick(special)
         return struct.unpack("<f", self.take(4))[0]
 
     def rest(self) -> bytes:
-        out = self.data[self.pos:]
+        out = self.data[self.pos :]
         self.pos = len(self.data)
         return out

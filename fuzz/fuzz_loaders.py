@@ -8,6 +8,7 @@ The first byte picks the loader and file suffix; the rest is the file. A
 loader may raise NfclError, ValueError, TypeError or OSError on bad bytes;
 any other exception (or a crash) is a finding.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,12 @@ from _bytes import Bytes  # noqa: E402
 EXPECTED = None  # filled on first use: the exception types a loader may raise
 
 TARGETS = (
-    ("events", ".csv"), ("spotify", ".csv"), ("spotify", ".json"), ("mssd", ".csv"),
-    ("sniff", ".csv"), ("sniff", ".json"),
+    ("events", ".csv"),
+    ("spotify", ".csv"),
+    ("spotify", ".json"),
+    ("mssd", ".csv"),
+    ("sniff", ".csv"),
+    ("sniff", ".json"),
 )
 
 
@@ -30,6 +35,7 @@ def _expected():
     global EXPECTED
     if EXPECTED is None:
         from nfcl.errors import NfclError
+
         EXPECTED = (NfclError, ValueError, TypeError, OSError)
     return EXPECTED
 

@@ -16,6 +16,7 @@ The file is written to a temporary file in the same folder, flushed to disk
 and moved over the old one with ``os.replace``, so a crash while writing
 leaves the last complete checkpoint in place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,14 @@ def _write_atomic(path: str, arrays: dict) -> None:
         os.close(dfd)
 
 
-def save_checkpoint(model, path, fingerprint: str, fit_args: dict,
-                    best: float = -math.inf, best_params=None) -> None:
+def save_checkpoint(
+    model,
+    path,
+    fingerprint: str,
+    fit_args: dict,
+    best: float = -math.inf,
+    best_params=None,
+) -> None:
     """Write the training state of ``model`` (after a whole epoch) to ``path``.
 
     Raises:
@@ -88,22 +95,35 @@ def save_checkpoint(model, path, fingerprint: str, fit_args: dict,
         arrays["best_params"] = best_params
     for name, a in arrays.items():
         if not np.all(np.isfinite(a)):
-            raise NfclError(f"refusing to write checkpoint {path}: {name} holds NaN or "
-                            "infinite values; the previous checkpoint is kept")
+            raise NfclError(
+                f"refusing to write checkpoint {path}: {name} holds NaN or "
+                "infinite values; the previous checkpoint is kept"
+            )
     if np.any(opt["grads"]) or opt["rowset"][2][0] != 0:
-        raise NfclError(f"refusing to write checkpoint {path}: gradients are not zero, "
-                        "so this is not the state between two steps")
+        raise NfclError(
+            f"refusing to write checkpoint {path}: gradients are not zero, "
+            "so this is not the state between two steps"
+        )
     header = dict(
-        format_version=CHECKPOINT_VERSION, model=type(model).__name__,
-        config=model.config, item_keys=model.item_keys, data_fingerprint=fingerprint,
-        t=int(opt["t"]), epoch=int(opt["epoch"]), fit_args=fit_args,
-        best=None if not math.isfinite(best) else float(best), history=model.history,
-        sha256={name: _digest(a) for name, a in arrays.items()})
+        format_version=CHECKPOINT_VERSION,
+        model=type(model).__name__,
+        config=model.config,
+        item_keys=model.item_keys,
+        data_fingerprint=fingerprint,
+        t=int(opt["t"]),
+        epoch=int(opt["epoch"]),
+        fit_args=fit_args,
+        best=None if not math.isfinite(best) else float(best),
+        history=model.history,
+        sha256={name: _digest(a) for name, a in arrays.items()},
+    )
     try:
         text = json.dumps(header, allow_nan=False)
     except ValueError as e:
-        raise NfclError(f"refusing to write checkpoint {path}: the header holds NaN or "
-                        f"infinite values ({e})") from None
+        raise NfclError(
+            f"refusing to write checkpoint {path}: the header holds NaN or "
+            f"infinite values ({e})"
+        ) from None
     arrays["header"] = np.array(text)
     _write_atomic(os.fspath(path), arrays)
 
@@ -126,26 +146,43 @@ def read_checkpoint(path) -> tuple[dict, dict]:
                 raise ValueError("the header is not a JSON object")
             arrays = {name: np.array(z[name]) for name in names - {"header"}}
     except Exception as e:  # zip, npy, JSON and key errors alike
-        raise NfclError(f"{path}: not a readable nfcl checkpoint "
-                        f"({type(e).__name__}: {e})") from None
+        raise NfclError(
+            f"{path}: not a readable nfcl checkpoint ({type(e).__name__}: {e})"
+        ) from None
     version = header.get("format_version")
     if version != CHECKPOINT_VERSION:
-        raise NfclError(f"{path}: checkpoint format version {version!r} is not supported "
-                        f"(this nfcl reads {CHECKPOINT_VERSION})")
+        raise NfclError(
+            f"{path}: checkpoint format version {version!r} is not supported "
+            f"(this nfcl reads {CHECKPOINT_VERSION})"
+        )
     sums = header.get("sha256")
-    if not isinstance(sums, dict) or set(sums) != set(arrays) or not set(_ARRAYS) <= set(arrays):
-        raise NfclError(f"{path}: the checkpoint's arrays {sorted(arrays)} do not match "
-                        "its header")
+    if (
+        not isinstance(sums, dict)
+        or set(sums) != set(arrays)
+        or not set(_ARRAYS) <= set(arrays)
+    ):
+        raise NfclError(
+            f"{path}: the checkpoint's arrays {sorted(arrays)} do not match its header"
+        )
     for name, a in arrays.items():
         if a.dtype != np.float32 or a.ndim != 1:
             raise NfclError(f"{path}: array {name!r} is not a 1-D float32 array")
         if _digest(a) != sums[name]:
-            raise NfclError(f"{path}: checksum mismatch in {name!r}, the file is corrupted")
+            raise NfclError(
+                f"{path}: checksum mismatch in {name!r}, the file is corrupted"
+            )
         if not np.all(np.isfinite(a)):
             raise NfclError(f"{path}: array {name!r} holds NaN or infinite values")
-    for key, kind in (("t", int), ("epoch", int), ("history", list), ("fit_args", dict)):
+    for key, kind in (
+        ("t", int),
+        ("epoch", int),
+        ("history", list),
+        ("fit_args", dict),
+    ):
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-            raise NfclError(f"{path}: header field {key!r} is missing or not a {kind.__name__}")
+            raise NfclError(
+                f"{path}: header field {key!r} is missing or not a {kind.__name__}"
+            )
     return header, arrays
 
 
@@ -162,25 +199,39 @@ def restore_checkpoint(model, path, fingerprint: str, fit_args: dict) -> tuple:
     """
     header, arrays = read_checkpoint(path)
     if header.get("model") != type(model).__name__:
-        raise NfclError(f"{path}: checkpoint of a {header.get('model')}, not a "
-                        f"{type(model).__name__}")
+        raise NfclError(
+            f"{path}: checkpoint of a {header.get('model')}, not a "
+            f"{type(model).__name__}"
+        )
     if _config_text(header.get("config")) != _config_text(model.config):
-        raise NfclError(f"{path}: checkpoint config {header.get('config')} differs from "
-                        f"the model's {model.config}")
+        raise NfclError(
+            f"{path}: checkpoint config {header.get('config')} differs from "
+            f"the model's {model.config}"
+        )
     if header.get("item_keys") != model.item_keys:
         raise NfclError(f"{path}: checkpoint item keys differ from the model's")
     if header.get("data_fingerprint") != fingerprint:
-        raise NfclError(f"{path}: checkpoint was written for other training data "
-                        "(Sessions fingerprint differs)")
+        raise NfclError(
+            f"{path}: checkpoint was written for other training data "
+            "(Sessions fingerprint differs)"
+        )
     stored = header["fit_args"]
-    diff = sorted(k for k in set(stored) | set(fit_args) if stored.get(k) != fit_args.get(k))
+    diff = sorted(
+        k for k in set(stored) | set(fit_args) if stored.get(k) != fit_args.get(k)
+    )
     if diff:
-        parts = ", ".join(f"{k}={stored.get(k)!r} (now {fit_args.get(k)!r})" for k in diff)
-        raise NfclError(f"{path}: checkpoint was trained with other fit arguments: {parts}")
+        parts = ", ".join(
+            f"{k}={stored.get(k)!r} (now {fit_args.get(k)!r})" for k in diff
+        )
+        raise NfclError(
+            f"{path}: checkpoint was trained with other fit arguments: {parts}"
+        )
     n = model.params.size
     for name, a in arrays.items():
         if a.size != n:
-            raise NfclError(f"{path}: array {name!r} has {a.size} values, the model {n}")
+            raise NfclError(
+                f"{path}: array {name!r} has {a.size} values, the model {n}"
+            )
     model._init_optimizer()
     model.params[:] = arrays["params"]
     model._opt["m"][:] = arrays["m"]
@@ -200,8 +251,11 @@ class FitCheckpoint:
         self.fingerprint, self.fit_args = fingerprint, fit_args
 
     def restore(self) -> tuple:
-        return restore_checkpoint(self.model, self.path, self.fingerprint, self.fit_args)
+        return restore_checkpoint(
+            self.model, self.path, self.fingerprint, self.fit_args
+        )
 
     def save(self, best: float, best_params) -> None:
-        save_checkpoint(self.model, self.path, self.fingerprint, self.fit_args, best,
-                        best_params)
+        save_checkpoint(
+            self.model, self.path, self.fingerprint, self.fit_args, best, best_params
+        )
