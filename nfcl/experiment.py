@@ -183,3 +183,56 @@ def plot_comparison(rows, path, protocol="sampled", metrics=("HR@10", "MRR@10",
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------
+# experiment cells for the results store (nfcl.results)
+
+VARIANTS = {"base": (0.0, "ours"), "+term": (None, "ours"),
+            "+term-reference": (None, "reference")}
+QUICK_MODEL_KW = {"sasrec": dict(dim=16, heads=1, layers=1),
+                  "bert4rec": dict(dim=16, heads=1, layers=1),
+                  "gru4rec": dict(dim=16, hidden=16),
+                  "caser": dict(dim=16, n_h=4, n_v=2)}
+
+
+def run_cell(store, split, *, dataset, fingerprint, model="sasrec", variant="base",
+             seed=0, w=0.5, tau=0.1, model_kw=None, fit_kw=None, eval_seed=0,
+             truth=None, recompute=False, extra=None) -> dict:
+    """Train and evaluate one (model, variant, seed) cell, or reuse its stored row.
+
+    ``variant`` is "base" (w=0), "+term" (weight ``w``, our InfoNCE) or
+    "+term-reference" (weight ``w``, the published code's behaviour).
+    ``truth(model, split) -> float`` adds a ground-truth metric ("true:aff@10").
+    Returns the store row (with ``reused``).
+    """
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+    if variant not in VARIANTS:
+        raise InputError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    weight, contrastive = VARIANTS[variant]
+    weight = float(w) if weight is None else weight
+    model_kw, fit_kw = dict(model_kw or {}), dict(fit_kw or {})
+    config = dict(dataset=dataset, w=weight, tau=float(tau), contrastive=contrastive,
+                  model_kw=model_kw,
+                  fit_kw=fit_kw, eval_seed=eval_seed, **(extra or {}))
+
+    def fn():
+        m = MODELS[model](split.train.n_items, seed=int(seed), **model_kw)
+        m.fit(split.train, split.valid, w=weight, tau=float(tau), contrastive=contrastive,
+              eval_seed=eval_seed, progress=False, **fit_kw)
+        metrics = m.evaluate(split.test, seed=eval_seed)
+        floor = MostPopular(split.train.n_items).fit(split.train)
+        for k, v in floor.evaluate(split.test, protocols=("sampled",),
+                                   seed=eval_seed).items():
+            metrics["mostpop:" + k] = v
+        if truth is not None:
+            metrics["true:aff@10"] = float(truth(m, split))
+        info = dict(loss=[h["loss"] for h in m.history], rec=[h["rec"] for h in m.history],
+                    n_test=len(split.test.targets), n_train=int(split.train.n_events),
+                    skip_rate=float(split.train.skip_rate),
+                    test_skip_rate=float(split.test.skip_rate))
+        return dict(metrics, info=info)
+
+    return store.run(fn, config=config, model=model, variant=variant, seed=seed,
+                     dataset=dataset, fingerprint=fingerprint, recompute=recompute)
