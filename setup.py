@@ -11,9 +11,9 @@ import numpy as np
 import scipy_openblas32 as openblas
 from setuptools import Extension, setup
 
-compile_args = ["-std=c11", "-O3", "-fno-fast-math", "-Wall", "-Wextra",
+compile_args = ["-std=c11", "-O3", "-fno-fast-math", "-fopenmp", "-Wall", "-Wextra",
                 "-Wno-unused-parameter"]
-link_args = []
+link_args = ["-fopenmp"]
 if os.environ.get("NFCL_NATIVE") == "1":
     compile_args.append("-march=native")
 if os.environ.get("NFCL_SANITIZE") == "1":

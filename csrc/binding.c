@@ -749,6 +749,20 @@ static PyObject *py_topk(PyObject *self, PyObject *args)
     return Py_BuildValue("(NN)", (PyObject *)ids, (PyObject *)scores);
 }
 
+static PyObject *py_set_threads(PyObject *self, PyObject *args)
+{
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (n < 1) return PyErr_Format(PyExc_ValueError, "threads must be >= 1, got %d", n);
+    nfcl_set_threads(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_threads(PyObject *self, PyObject *args)
+{
+    return PyLong_FromLong(nfcl_get_threads());
+}
+
 static PyObject *py_trunc_normal(PyObject *self, PyObject *args)
 {
     PyObject *x_obj;
@@ -806,6 +820,9 @@ static PyMethodDef methods[] = {
      "rank_targets(q, emb, cand, targets) -> (greater, ties)"},
     {"topk", py_topk, METH_VARARGS, "topk(q, emb, k, exclude) -> (ids, scores)"},
     {"trunc_normal", py_trunc_normal, METH_VARARGS, "trunc_normal(x, std, seed, stream)"},
+    {"set_threads", py_set_threads, METH_VARARGS,
+     "set_threads(n): the core's threads; OpenBLAS is pinned to one"},
+    {"get_threads", py_get_threads, METH_NOARGS, "get_threads() -> the core's threads"},
     {NULL, NULL, 0, NULL},
 };
 

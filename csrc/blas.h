@@ -13,20 +13,12 @@
 
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major.
  * op(A) is (M,K): A is (M,K) or, with ta, (K,M). op(B) is (K,N): B is (K,N)
- * or, with tb, (N,K). Leading dimensions are the stored row lengths. */
-static inline void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
-                              float alpha, const float *A, int64_t lda,
-                              const float *B, int64_t ldb, float beta,
-                              float *C, int64_t ldc)
-{
-    if (M <= 0 || N <= 0) {
-        return;
-    }
-    scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                      tb ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N,
-                      (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb,
-                      beta, C, (blasint)ldc);
-}
+ * or, with tb, (N,K). Leading dimensions are the stored row lengths.
+ * Large products are cut into row blocks that the core's own threads share
+ * (blas.c); OpenBLAS itself runs single-threaded. */
+void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                const float *A, int64_t lda, const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc);
 
 /* true when every size fits OpenBLAS's 32-bit integers */
 static inline int nfcl_fits_blas(int64_t a, int64_t b, int64_t c)

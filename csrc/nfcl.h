@@ -40,6 +40,14 @@ const char *nfcl_strerror(int status);
 #define NFCL_MAX_ELEMS ((int64_t)1 << 40)
 
 /* ---------------------------------------------------------------------- */
+/* threads: the core splits large matrix products into row blocks chosen by
+ * shape alone, so results are bitwise the same with any thread count.
+ * nfcl_set_threads also pins OpenBLAS to one thread. */
+
+void nfcl_set_threads(int n);
+int nfcl_get_threads(void);
+
+/* ---------------------------------------------------------------------- */
 /* touched embedding rows: lets the optimizer visit only the rows a batch
  * used. mask (V) is 0/1, rows (V) lists the marked ids in first-touch order,
  * *count is how many are listed. Row 0 (padding) is never marked. */

@@ -12,9 +12,11 @@ import scipy_openblas32 as _openblas
 _openblas.get_openblas_config()
 
 from . import _core  # noqa: E402
-from ._runtime import get_num_threads, set_num_threads  # noqa: E402
+from ._runtime import _init_threads, get_num_threads, set_num_threads  # noqa: E402
 from .baselines import ItemKNN, MostPopular  # noqa: E402
 from .models import BERT4Rec, Caser, GRU4Rec, SASRec  # noqa: E402
+
+_init_threads()
 
 __version__ = "0.1.0"
 __all__ = ["SASRec", "BERT4Rec", "GRU4Rec", "Caser", "MostPopular", "ItemKNN",
