@@ -179,6 +179,36 @@ def _parse_time(text: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------
+# repeated rows
+
+
+def _repeats(keys: list[np.ndarray], prefer: np.ndarray | None = None):
+    """Find rows equal in every key column to another row.
+
+    In each group of equal rows the kept row is the one with the smallest
+    `prefer` value, the earliest on ties (all sorts here are stable).
+
+    Shapes:
+        keys: arrays (E,); prefer (E,) or None.
+
+    Returns:
+        (dup int64 (D,), kept int64 (D,)): each repeat and the row kept for it.
+    """
+    codes = [np.unique(k, return_inverse=True)[1].ravel() for k in keys]
+    sort_keys = codes[::-1] if prefer is None else [prefer] + codes[::-1]
+    order = np.lexsort(sort_keys)
+    same = np.ones(max(len(order) - 1, 0), dtype=bool)
+    for c in codes:
+        c = c[order]
+        same &= c[1:] == c[:-1]
+    head = np.concatenate([[True], ~same])
+    group = np.cumsum(head) - 1
+    kept = order[np.flatnonzero(head)][group]
+    dup = ~head
+    return order[dup].astype(np.int64), kept[dup].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
 # Spotify
 
 
@@ -252,13 +282,21 @@ class _Plays:
         if not self.keys:
             raise DataError("no music plays found", source)
         ms = np.asarray(self.ms, dtype=np.float64)
-        dropped = {"no_track_name": self.no_track}
+        users, keys = np.asarray(self.users), np.asarray(self.keys)
+        start = np.asarray(self.ends) - ms / 1000.0
+        skips = np.asarray(self.skips, dtype=bool)
+
+        # one play per (user, start, track): the longest record is kept
+        dup, _ = _repeats([users, start, keys], prefer=-ms)
+        keep = np.ones(len(keys), dtype=bool)
+        keep[dup] = False
+        dropped = {"no_track_name": self.no_track, "duplicate": len(dup)}
         return from_events(
-            self.users,
-            self.keys,
-            np.asarray(self.ends) - ms / 1000.0,
-            np.asarray(self.skips, dtype=bool),
-            durations=ms / 1000.0,
+            users[keep],
+            keys[keep],
+            start[keep],
+            skips[keep],
+            durations=ms[keep] / 1000.0,
             source=source,
             dropped=dropped,
             **filters,
@@ -441,7 +479,13 @@ def load_spotify(
     The timestamp is when a play ended; the event time is end - ms_played.
     The item key is the Spotify track URI when present, else
     "artist - track". Plays without a track name (podcasts) are dropped and
-    counted as "no_track_name". Sessions use the idle time since the latest
+    counted as "no_track_name". Records of one user with the same event time
+    and item key are one play logged more than once (a file exported twice
+    into a folder, or repeats inside an export): the one with the longest
+    ms_played is kept (the first read on ties) and the others are counted as
+    "duplicate". Exports are not in time order, so plays are sorted by event
+    time (ties keep reading order: files by sorted name, then rows), never
+    refused for their order. Sessions use the idle time since the latest
     end of an earlier play (durations = ms_played).
 
     Skip rules: "under30s" (ms_played < 30 s; works for every export),
@@ -537,10 +581,14 @@ def load_mssd(paths, skip_level: int = 2, **filters) -> Sessions:
     usable times, so each row gets a synthetic time, its index in that order;
     a temporal split then follows file order. Positions need not start at 1
     (some samples hold partial sessions). All rows get the user "mssd".
+    A row equal to an earlier one in session_id, session_position,
+    track_id_clean and skip_1..3 (e.g. a file given twice) is dropped and
+    counted in `dropped["duplicate"]`.
 
     Raises:
         DataError: missing columns, non-integer positions, unknown booleans
-        (accepted: True/False/true/false/1/0), a repeated (session, position).
+        (accepted: True/False/true/false/1/0), a repeated (session, position)
+        with another track or other skip flags.
         InputError: skip_level not in 1..3.
     """
     if skip_level not in (1, 2, 3):
@@ -553,18 +601,19 @@ def load_mssd(paths, skip_level: int = 2, **filters) -> Sessions:
     # order: session by first appearance, then position; time = rank
     first = np.asarray([rows.first[s] for s in rows.sids])
     pos = np.asarray(rows.pos)
-    order = np.lexsort((pos, first))
-    rows.check_unique(order, first, pos, files)
+    keep = rows.drop_repeats(first, pos, files)
+    order = np.lexsort((pos[keep], first[keep]))
     times = np.empty(len(order), dtype=np.float64)
     times[order] = np.arange(len(order))
     source = filters.pop("source", None) or ", ".join(str(p) for p in files)
     return from_events(
         ["mssd"] * len(order),
-        rows.tracks,
+        np.asarray(rows.tracks)[keep],
         times,
-        np.asarray(rows.levels) >= skip_level,
-        session_ids=rows.sids,
+        np.asarray(rows.levels)[keep] >= skip_level,
+        session_ids=np.asarray(rows.sids)[keep],
         source=source,
+        dropped={"duplicate": int(len(keep) - keep.sum())},
         **filters,
     )
 
@@ -577,6 +626,7 @@ class _MssdRows:
         self.pos: list[int] = []
         self.tracks: list[str] = []
         self.levels: list[int] = []
+        self.flags: list[int] = []  # skip_1..3 as bits 0..2
         self.where: list[tuple[int, int]] = []  # (file index, line)
         self.first: dict[str, int] = {}
 
@@ -598,34 +648,45 @@ class _MssdRows:
             raise tab.error(f"not a positive integer: {p_text!r}", line, c[1])
 
         # skip level = number of true skip flags
-        level = 0
-        for k in c[3:]:
+        level = flags = 0
+        for bit, k in enumerate(c[3:]):
             b = _parse_bool(row[k])
             if b is None:
                 msg = f"unknown boolean {row[k]!r} (expected True/False/1/0)"
                 raise tab.error(msg, line, k)
             level += b
+            flags |= b << bit
         sid = sys.intern(sid)
         self.first.setdefault(sid, len(self.first))
         self.sids.append(sid)
         self.pos.append(int(p))
         self.tracks.append(sys.intern(track))
         self.levels.append(level)
+        self.flags.append(flags)
 
-    def check_unique(self, order, first, pos, files) -> None:
-        """Raise DataError at the second row of a repeated (session, position)."""
-        f, p = first[order], pos[order]
-        dup = np.flatnonzero((f[1:] == f[:-1]) & (p[1:] == p[:-1]))
-        if len(dup):
-            a, b = order[dup[0]], order[dup[0] + 1]
-            a, b = min(a, b), max(a, b)
+    def drop_repeats(self, first, pos, files) -> np.ndarray:
+        """bool (E,) rows to keep: exact repeats of a row are dropped.
+
+        Raises DataError at the later row of a repeated (session, position)
+        whose track or skip flags differ.
+        """
+        dup, kept = _repeats([first, pos])
+        tracks, flags = np.asarray(self.tracks), np.asarray(self.flags)
+        bad = np.flatnonzero(
+            (tracks[dup] != tracks[kept]) | (flags[dup] != flags[kept])
+        )
+        if len(bad):
+            a, b = kept[bad[0]], dup[bad[0]]
             fa, la = self.where[a]
             fb, lb = self.where[b]
             msg = (
                 f"session {self.sids[b]!r} repeats position {self.pos[b]} "
-                f"(first at {files[fa]}, line {la})"
+                f"with another track or skip flags (first at {files[fa]}, line {la})"
             )
             raise DataError(msg, str(files[fb]), lb, "session_position")
+        keep = np.ones(len(first), dtype=bool)
+        keep[dup] = False
+        return keep
 
 
 # ---------------------------------------------------------------------------
@@ -740,10 +801,11 @@ def _skip_array(values: np.ndarray, name: str, label: str) -> np.ndarray:
 def _events_csv(path: Path, names: dict) -> dict:
     """Columns of an event CSV, parsed row by row."""
     f, tab = _csv_table(path)
-    out = {k: [] for k in names}
+    out = {k: [] for k in names} | {"line": []}
     with f:
         c = {k: tab.col(n) for k, n in names.items()}
         for line, row in tab.rows():
+            out["line"].append(line)
             for k in ("user", "item", "session"):
                 if k in c and not row[c[k]].strip():
                     raise tab.error("empty value", line, c[k])
@@ -781,9 +843,16 @@ def load_events(
     `user=None` puts every row under the user "me"; `session` (optional)
     gives session ids and turns the gap rule off.
 
+    Rows are sorted by time within each user (and within each session when
+    `session` is given), so their order in the table does not matter; rows
+    with equal times keep their table order. A row repeating an earlier one
+    (same user, item and time, and the same skip and session) is dropped
+    and counted in `dropped["duplicate"]`.
+
     Raises:
         DataError: a missing column, an empty key, an invalid time or skip
-        value, naming the file, line (or row) and column.
+        value, or a repeat of a play (same user, item and time) with another
+        skip or session value, naming the file, line (or row) and column.
     """
     names = {"item": item, "time": time, "skip": skip}
     if user is not None:
@@ -792,10 +861,12 @@ def load_events(
         names["session"] = session
 
     # columns as arrays
+    lines = None
     if isinstance(data, (str, os.PathLike)):
         label = str(data)
         cols = {k: np.asarray(v) for k, v in _events_csv(Path(data), names).items()}
         cols["skip"] = cols["skip"].astype(bool)
+        lines = cols.pop("line")
     elif isinstance(data, dict) or hasattr(data, "columns"):
         label = "<dict>" if isinstance(data, dict) else f"<{type(data).__name__}>"
         raw = {k: _column(data, n, label) for k, n in names.items()}
@@ -818,15 +889,46 @@ def load_events(
             raise DataError(
                 f"column {names[k]!r} has {len(v)} rows, {item!r} has {n}", label
             )
+    if "user" not in cols:
+        cols["user"] = np.full(n, "me")
+    keep = _drop_repeated_events(cols, names, label, lines)
     return from_events(
-        cols["user"] if "user" in cols else np.full(n, "me"),
-        cols["item"],
-        cols["time"],
-        cols["skip"],
-        session_ids=cols.get("session"),
+        cols["user"][keep],
+        cols["item"][keep],
+        cols["time"][keep],
+        cols["skip"][keep],
+        session_ids=cols["session"][keep] if "session" in cols else None,
         source=filters.pop("source", None) or label,
+        dropped={"duplicate": int(n - keep.sum())},
         **filters,
     )
+
+
+def _drop_repeated_events(cols: dict, names: dict, label: str, lines) -> np.ndarray:
+    """bool (E,) rows to keep: repeats of a (user, item, time) are dropped.
+
+    Raises DataError at a repeat whose skip or session differs from the kept
+    row, naming its line (CSV, `lines` int (E,)) or row and the column.
+    """
+    dup, kept = _repeats([cols["user"], cols["item"], cols["time"]])
+    for k in ("skip", "session"):
+        if k not in cols:
+            continue
+        bad = np.flatnonzero(cols[k][dup] != cols[k][kept])
+        if len(bad):
+            d, a = dup[bad[0]], kept[bad[0]]
+            if lines is None:
+                first, at = f"row {a}", {"row": int(d)}
+            else:
+                first, at = f"line {lines[a]}", {"line": int(lines[d])}
+            msg = (
+                f"repeats the play at {first} (same user, item and time) with "
+                f"{names[k]} {cols[k][d]!r} instead of {cols[k][a]!r}"
+            )
+            raise DataError(msg, label, column=names[k], **at)
+    keep = np.ones(len(cols["item"]), dtype=bool)
+    keep[dup] = False
+    return keep
 
 
 # ---------------------------------------------------------------------------

@@ -39,7 +39,9 @@ def iso(text):
 
 def test_load_example_bundled():
     s = load_example(**OFF)
-    assert s.n_events == 10825 and s.dropped == {"no_track_name": 10}
+    # 251 plays are listed twice in the source data (same end, ms and song)
+    assert s.n_events == 10574
+    assert s.dropped == {"no_track_name": 10, "duplicate": 251}
     assert s.n_items - 1 == 2025  # distinct (song, artist) pairs
     assert " - " in s.item_keys[1]
     assert s.user_keys == ["me"]
@@ -51,15 +53,24 @@ def test_example_csv_counts():
     assert len(rows) == 10835
     ms = np.array([float(r["ms_played"]) for r in rows])
     fwd = np.array([r["reason_end"] == "fwdbtn" for r in rows])
-    named = np.array([bool(r["song"]) for r in rows])
+    # SOURCE.md counts every row, repeats included
+    assert np.mean(ms < 30000) == pytest.approx(0.1657, abs=1e-4)
+    assert np.mean(fwd) == pytest.approx(0.1545, abs=1e-4)
 
+    # the loader keeps one of each repeated play (same end, ms and song)
+    seen, named = set(), []
+    for r in rows:
+        play = (r["ts_utc"], r["ms_played"], r["song"], r["artist"])
+        named.append(bool(r["song"]) and play not in seen)
+        seen.add(play)
+    named = np.array(named)
     s = load_spotify(EXAMPLE, **OFF)
-    assert s.n_events + s.dropped["no_track_name"] == 10835
+    assert s.dropped["duplicate"] == 251
+    assert s.n_events + s.dropped["no_track_name"] + 251 == 10835
+    assert s.n_events == named.sum()
     assert s.skips.sum() == np.sum((ms < 30000) & named)
-    assert s.skip_rate == pytest.approx(0.1657, abs=1e-3)  # SOURCE.md: 16.57 %
     f = load_spotify(EXAMPLE, skip_rule="fwdbtn", **OFF)
     assert f.skips.sum() == np.sum(fwd & named)
-    assert f.skip_rate == pytest.approx(0.1545, abs=1e-3)  # SOURCE.md: 15.45 %
     both = load_spotify(EXAMPLE, skip_rule="fwdbtn_or_under30s", **OFF)
     assert both.skips.sum() == np.sum((fwd | (ms < 30000)) & named)
     u10 = load_spotify(EXAMPLE, skip_rule="under:10", **OFF)
@@ -145,7 +156,7 @@ def _write_json(path, records):
 
 def test_extended_json(tmp_path):
     s = load_spotify(_write_json(tmp_path / "hist.json", PLAYS), **OFF)
-    assert s.dropped == {"no_track_name": 1}
+    assert s.dropped == {"no_track_name": 1, "duplicate": 0}
     assert s.item_keys == [
         "<pad>",
         "Artist - Song C",
@@ -369,6 +380,119 @@ def test_load_events_csv_dict_and_dataframe(tmp_path):
     with_ids = dict(table, sid=["x", "x", "y", "y"])
     t = load_events(with_ids, user=None, session="sid", **OFF)
     assert t.lengths.tolist() == [2, 2] and t.user_keys == ["me"]
+
+
+# ---------------------------------------------------------------------------
+# repeated plays and row order
+
+
+def test_doubled_spotify_export_is_counted_not_kept(tmp_path):
+    one = load_spotify(_write_json(tmp_path / "one.json", PLAYS), **OFF)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    _write_json(folder / "Streaming_History_Audio_0.json", PLAYS)
+    _write_json(folder / "Streaming_History_Audio_0 (1).json", PLAYS)
+    two = load_spotify(folder, **OFF)
+    assert two.fingerprint() == one.fingerprint()
+    n_music = sum(p["master_metadata_track_name"] is not None for p in PLAYS)
+    assert two.dropped == {"no_track_name": 2, "duplicate": n_music}
+    assert two.n_events + sum(two.dropped.values()) == 2 * len(PLAYS)
+
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in folder.iterdir():
+            z.write(p, p.name)
+    assert load_spotify(archive, **OFF).fingerprint() == one.fingerprint()
+
+    # order does not matter: exports are sorted by event time
+    back = load_spotify(_write_json(tmp_path / "back.json", PLAYS[::-1]), **OFF)
+    assert back.fingerprint() == one.fingerprint()
+
+
+def test_repeated_spotify_play_keeps_the_longest_record(tmp_path):
+    # one play (start 10:00:00) logged twice, ending 10:00:20 and 10:00:40
+    short = _extended("2021-03-01T10:00:20Z", 20000, "S", uri="spotify:track:S")
+    full = _extended("2021-03-01T10:00:40Z", 40000, "S", uri="spotify:track:S")
+    for plays in ([short, full], [full, short]):
+        s = load_spotify(_write_json(tmp_path / "h.json", plays), **OFF)
+        assert s.n_events == 1 and s.dropped["duplicate"] == 1
+        assert s.skips.tolist() == [0]  # 40 s played: not a skip
+        assert s.times[0] == iso("2021-03-01T10:00:00Z")
+
+
+def test_repeated_event_rows(tmp_path):
+    path = tmp_path / "ev.csv"
+    header = "user_id,item_id,timestamp,skip,sid\n"
+    rows = "u,a,10,0,s1\nu,b,20,1,s1\nu,a,10,0,s1\nv,a,10,0,s2\n"
+    path.write_text(header + rows, encoding="utf-8")
+    s = load_events(path, **OFF)
+    assert s.n_events == 3 and s.dropped == {"duplicate": 1}
+    once = load_events(
+        {
+            "user_id": ["u", "u", "v"],
+            "item_id": ["a", "b", "a"],
+            "timestamp": [10, 20, 10],
+            "skip": [0, 1, 0],
+        },
+        **OFF,
+    )
+    assert once.fingerprint() == s.fingerprint()
+    assert load_events(path, session="sid", **OFF).dropped == {"duplicate": 1}
+
+    # a repeat that disagrees is ambiguous: refused at its line and column
+    path.write_text(header + "u,a,10,0,s1\nu,b,20,1,s1\nu,a,10,1,s1\n")
+    with pytest.raises(DataError, match=r"line 4, column 'skip'.*line 2") as e:
+        load_events(path, **OFF)
+    assert str(e.value).startswith(str(path))
+    path.write_text(header + "u,a,10,0,s1\nu,a,10,0,s2\n")
+    assert load_events(path, **OFF).n_events == 1
+    with pytest.raises(DataError, match=r"line 3, column 'sid'.*line 2"):
+        load_events(path, session="sid", **OFF)
+    with pytest.raises(DataError, match=r"<dict>, row 2, column 'skip'.*row 0"):
+        load_events(
+            {
+                "user_id": [1, 1, 1],
+                "item_id": [5, 6, 5],
+                "timestamp": [1.0, 2.0, 1.0],
+                "skip": [0, 0, 1],
+            }
+        )
+
+
+def test_event_rows_are_ordered_by_time_within_a_session(tmp_path):
+    path = tmp_path / "ev.csv"
+    path.write_text(
+        "user_id,item_id,timestamp,skip,sid\n"
+        "u,c,30,0,s1\nu,x,5,1,s2\nu,a,10,1,s1\nu,b,20,0,s1\n",
+        encoding="utf-8",
+    )
+    s = load_events(path, session="sid", gap_minutes=None, **OFF)
+    assert s.n_sessions == 2
+    items, skips = s.session(1)
+    assert [s.item_keys[i] for i in items] == ["a", "b", "c"]
+    assert skips.tolist() == [1, 0, 0]
+    assert np.all(np.diff(s.times[s.offsets[1] :]) > 0)
+
+
+def test_mssd_repeated_rows(tmp_path):
+    rows = [
+        ["s1", 1, 3, "t1", 0, 0, 0, 1],
+        ["s1", 2, 3, "t2", 1, 1, 0, 0],
+        ["s2", 1, 3, "u1", 0, 0, 0, 1],
+    ]
+    once = load_mssd(_mssd_csv(tmp_path / "a.csv", rows), **OFF)
+    assert once.dropped == {"duplicate": 0}
+    twice = load_mssd([tmp_path / "a.csv", tmp_path / "a.csv"], **OFF)
+    assert twice.fingerprint() == once.fingerprint()
+    assert twice.dropped == {"duplicate": 3}
+    again = load_mssd(_mssd_csv(tmp_path / "b.csv", rows + rows[1:2]), **OFF)
+    assert again.fingerprint() == once.fingerprint()
+    assert again.dropped == {"duplicate": 1}
+
+    # same position, other skip flags (same level): refused
+    bad = rows + [["s1", 2, 3, "t2", 1, 0, 1, 0]]
+    with pytest.raises(DataError, match=r"c.csv, line 5, column 'session_position'"):
+        load_mssd(_mssd_csv(tmp_path / "c.csv", bad), **OFF)
 
 
 # ---------------------------------------------------------------------------
