@@ -7,6 +7,7 @@ corpus is replayed in a subprocess.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,21 @@ def test_harness_lets_unexpected_exceptions_through(monkeypatch):
 # Findings: none so far (fuzz_loaders 481k runs and fuzz_core 124k runs, 3 min
 # each, no crash and no unexpected exception). Each future finding goes here as
 # a test that replays its bytes, marked xfail(strict=True) until it is fixed.
+
+
+@pytest.mark.parametrize("harness, corpus", [("fuzz_loaders", "loaders"),
+                                             ("fuzz_core", "core")])
+def test_short_atheris_run(harness, corpus, tmp_path):
+    """A short coverage-guided run in CI (10 s each), from a copy of the seed
+    corpus; any crash or unexpected exception fails it."""
+    pytest.importorskip("atheris")
+    work = tmp_path / corpus
+    shutil.copytree(FUZZ / "corpus" / corpus, work)
+    run = subprocess.run(
+        [sys.executable, str(FUZZ / f"{harness}.py"), "-max_total_time=10",
+         "-rss_limit_mb=3072", str(work)],
+        capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, OPENBLAS_NUM_THREADS="1"),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "Done" in run.stderr
