@@ -17,7 +17,7 @@
 #include "nfcl.h"
 
 /* below this many multiply-adds a product is not worth splitting */
-#define SPLIT_MIN_WORK ((int64_t)1 << 21)
+#define SPLIT_MIN_WORK ((int64_t)1 << 24)
 #define MIN_BLOCK_ROWS 64
 #define MAX_BLOCKS 8
 

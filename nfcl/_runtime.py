@@ -2,7 +2,8 @@
 
 The core runs its own threads (OpenMP) and keeps OpenBLAS single-threaded,
 so that results are bitwise the same with any thread count (see
-csrc/blas.c). More threads than cores only slows training down, so asking
+csrc/blas.c). It starts on one thread (NFCL_NUM_THREADS or set_num_threads
+change that). More threads than cores only slows training down, so asking
 for that warns, as implicit does for a misconfigured OpenBLAS.
 """
 import os
@@ -35,11 +36,21 @@ def get_num_threads() -> int:
 
 
 def _init_threads() -> None:
-    """At import: pin OpenBLAS to one thread and keep OpenMP's default
-    (OMP_NUM_THREADS or the cores), warning if that oversubscribes."""
-    n = get_num_threads()
+    """At import: pin OpenBLAS to one thread and start the core on one thread,
+    or on NFCL_NUM_THREADS. One is the default because the products of a
+    usual batch are small: a second thread pays off for large batches and
+    catalogues, and fork-join steps stall badly when the other core is busy."""
+    value = os.environ.get("NFCL_NUM_THREADS", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        warnings.warn(f"nfcl: NFCL_NUM_THREADS={value!r} is not a positive int; using 1",
+                      RuntimeWarning, stacklevel=3)
+        n = 1
     if n > _cores():
-        warnings.warn(f"nfcl: OMP_NUM_THREADS asks for {n} threads on {_cores()} "
+        warnings.warn(f"nfcl: NFCL_NUM_THREADS asks for {n} threads on {_cores()} "
                       "cores; oversubscribing slows training down", RuntimeWarning,
                       stacklevel=3)
     _core.set_threads(n)
