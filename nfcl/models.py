@@ -336,6 +336,10 @@ class SequentialRecommender:
         """
         self._check_fit_args(train, valid, epochs, batch_size, lr, w, tau, contrastive,
                              loss, n_neg, clip)
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+                and weight_decay >= 0):
+            raise InputError(f"weight_decay must be a finite number >= 0, got "
+                             f"{weight_decay!r}")
         if self._opt is None:
             self._init_optimizer()
         variant = CONTRASTIVE_VARIANTS[contrastive]
