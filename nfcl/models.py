@@ -438,6 +438,7 @@ class SequentialRecommender:
 
     def predict_vectors(self, sequences, batch_size=256) -> np.ndarray:
         """The prediction vector after the last item of each sequence, (N, C)."""
+        batch_size = _check_int("batch_size", batch_size)
         return self._prefix_vectors(*self._as_prefixes(sequences), batch_size)
 
     def _prefix_vectors(self, inputs, lengths, batch_size=256) -> np.ndarray:
@@ -490,6 +491,8 @@ class SequentialRecommender:
             raise InputError(f"targets hold ids outside 1..{self.n_items - 1}")
         if isinstance(protocols, str):
             protocols = (protocols,)
+        seed = _check_int("seed", seed, 0, 2**63 - 1)
+        n_neg = _check_int("n_neg", n_neg, 0)
         q = self.predict_vectors(examples)
         targets = np.ascontiguousarray(examples.targets, dtype=np.int32)
         out = {}

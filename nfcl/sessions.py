@@ -212,6 +212,11 @@ class Examples:
             a = _check_array(own, name, getattr(self, name), dtype)
             _check_len(own, name, a, M, "len(inputs)")
             setattr(self, name, a)
+        T = self.inputs.shape[1]
+        if M and (self.lengths.min() < 1 or self.lengths.max() > T):
+            raise InputError(f"Examples.lengths: every length must be in 1..{T} (the "
+                             f"width of inputs), got {self.lengths.min()}.."
+                             f"{self.lengths.max()}")
         if self.input_skips is not None:
             a = _check_array(own, "input_skips", self.input_skips, np.uint8, 2)
             if a.shape != self.inputs.shape:
