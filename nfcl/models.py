@@ -264,8 +264,18 @@ class SequentialRecommender:
                 opt["seen"][:V])
         else:
             cand, tgt_idx = None, (targets - 1).astype(np.int32)
-        rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
-                            tgt_idx, 1.0, dq2, demb, rowset)
+        # score only the rows that have a target (padding and, for BERT4Rec,
+        # unmasked positions have none): their logits would be thrown away
+        rows = np.flatnonzero(tgt_idx >= 0)
+        if rows.size < tgt_idx.size:
+            q_rows, dq_rows = q2[rows], np.zeros((rows.size, C), np.float32)
+            rec = self._guarded(step, "next-item loss", _core.softmax_xent, q_rows, emb,
+                                cand, np.ascontiguousarray(tgt_idx[rows]), 1.0, dq_rows,
+                                demb, rowset) if rows.size else 0.0
+            dq2[rows] += dq_rows
+        else:
+            rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
+                                tgt_idx, 1.0, dq2, demb, rowset)
 
         # the skip-aware contrastive term, weighted by w
         cl, n_anchors = 0.0, 0
