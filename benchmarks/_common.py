@@ -42,6 +42,30 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def source_state() -> str:
+    """The git commit of the nfcl tree being measured, '+dirty' if csrc/ or
+    nfcl/ differ from it (read-only git calls; 'unknown' outside a checkout)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "csrc", "nfcl"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def header(title: str, with_torch: bool = False) -> str:
     """A few lines naming the machine, the versions, the date and the load."""
     dists = ["nfcl", "numpy", "scipy-openblas32"] + (["torch"] if with_torch else [])
@@ -51,10 +75,46 @@ def header(title: str, with_torch: bool = False) -> str:
             f"# {title}",
             f"# machine: {cpu_model()}, {os.cpu_count()} cores (lscpu model name)",
             f"# versions: {versions}, python {platform.python_version()}",
+            f"# nfcl source: git {source_state()}",
             f"# date: {datetime.datetime.now().isoformat(timespec='seconds')}",
             f"# load average at start: {load_average()}",
         ]
     )
+
+
+class CpuMeter:
+    """CPU used by this process and by every other process over an interval.
+
+    From /proc/stat (all CPUs) and getrusage (this process): ``others`` is
+    the average number of cores other processes kept busy, the figure that
+    tells whether a timing shared the machine.
+    """
+
+    def __init__(self):
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        import resource
+
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return time.perf_counter(), busy, r.ru_utime + r.ru_stime
+
+    def stop(self) -> dict:
+        """dict(wall=s, mine=cores, others=cores) since construction."""
+        (w0, b0, s0), (w1, b1, s1) = self.start, self._read()
+        wall = max(w1 - w0, 1e-9)
+        return {
+            "wall": wall,
+            "mine": (s1 - s0) / wall,
+            "others": max(0.0, (b1 - b0 - (s1 - s0)) / wall),
+        }
 
 
 def synthetic_batches(n_batches, batch, max_len, n_items, skip_rate=0.3, seed=0):
@@ -101,9 +161,22 @@ def sgemm_rate(fn, M, N, K, ta, tb, seconds=0.15, repeats=3):
     A = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
     B = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
     C = np.zeros((M, N), np.float32)
-    args = (ROW_MAJOR, TRANS if ta else NO_TRANS, TRANS if tb else NO_TRANS,
-            M, N, K, 1.0, A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1],
-            0.0, C.ctypes.data, N)  # fmt: skip
+    args = (
+        ROW_MAJOR,
+        TRANS if ta else NO_TRANS,
+        TRANS if tb else NO_TRANS,
+        M,
+        N,
+        K,
+        1.0,
+        A.ctypes.data,
+        A.shape[1],
+        B.ctypes.data,
+        B.shape[1],
+        0.0,
+        C.ctypes.data,
+        N,
+    )
     fn(*args)  # warm-up, and pack buffers
     t0 = time.perf_counter()
     fn(*args)
@@ -124,16 +197,21 @@ def thread_headroom(seconds=0.2) -> str:
     core it drops towards 1x (or below), and so does every 2-thread figure.
     """
     import nfcl
+    import scipy_openblas32
 
+    # OpenBLAS's own threads, set directly: nfcl keeps OpenBLAS at one
+    # thread and runs its own, so nfcl.set_num_threads does not apply here
     fn, _ = openblas_sgemm()
     before = nfcl.get_num_threads()
     rates = []
     for n in (1, 2):
-        nfcl.set_num_threads(n)
+        scipy_openblas32.dll.scipy_openblas_set_num_threads(ctypes.c_int(n))
         rates.append(sgemm_rate(fn, 1024, 1024, 1024, 0, 0, seconds=seconds))
-    nfcl.set_num_threads(before)
-    return (f"1024^3 sgemm {rates[0]:.0f} GFLOP/s at 1 thread, {rates[1]:.0f} at 2 "
-            f"({rates[1] / rates[0]:.2f}x)")
+    nfcl.set_num_threads(before)  # pins OpenBLAS back to one thread
+    return (
+        f"1024^3 sgemm {rates[0]:.0f} GFLOP/s at 1 thread, {rates[1]:.0f} at 2 "
+        f"({rates[1] / rates[0]:.2f}x)"
+    )
 
 
 def block_size(fn, target_seconds: float, warmup: int = 2) -> int:
@@ -175,7 +253,7 @@ def interleaved(contenders: dict, repeats: int, block_seconds: float, warmup=2) 
                 counter[name] += 1
             samples[name].append((time.perf_counter() - t0) / c)
     return {
-        n: dict(median=statistics.median(s), samples=s, calls=calls[n])
+        n: {"median": statistics.median(s), "samples": s, "calls": calls[n]}
         for n, s in samples.items()
     }
 
@@ -191,5 +269,7 @@ def table(rows, columns) -> str:
     """A Markdown table of ``rows`` (dicts) with ``columns`` (key, title)."""
     head = "| " + " | ".join(t for _, t in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    body = [
+        "| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows
+    ]
     return "\n".join([head, rule] + body)

@@ -20,18 +20,18 @@ the peak RSS of a partial run is that of a whole epoch.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 
+import nfcl
 import numpy as np
+from nfcl.sessions import Sessions, leave_last_out
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
-import nfcl  # noqa: E402
-from nfcl.sessions import Sessions, leave_last_out  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers
+import _common
 
 N_SESSIONS, N_TRACKS = 450_000, 628_000
 
@@ -67,9 +67,15 @@ def mssd_like(n_sessions, n_tracks, skip_rate=0.5, seed=0) -> Sessions:
 def head_sessions(ses: Sessions, n: int) -> Sessions:
     """The first n sessions, same ids and keys."""
     e = int(ses.offsets[n])
-    return Sessions(items=ses.items[:e], skips=ses.skips[:e], times=ses.times[:e],
-                    offsets=ses.offsets[: n + 1], users=ses.users[:n],
-                    item_keys=ses.item_keys, user_keys=ses.user_keys)  # fmt: skip
+    return Sessions(
+        items=ses.items[:e],
+        skips=ses.skips[:e],
+        times=ses.times[:e],
+        offsets=ses.offsets[: n + 1],
+        users=ses.users[:n],
+        item_keys=ses.item_keys,
+        user_keys=ses.user_keys,
+    )
 
 
 def peak_rss_gb() -> float:
@@ -78,8 +84,12 @@ def peak_rss_gb() -> float:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sessions", type=int, default=45_000,
-                   help="sessions to train on (450000 = the whole epoch)")  # fmt: skip
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=45_000,
+        help="sessions to train on (450000 = the whole epoch)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-examples", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="~20 s smoke run")
@@ -92,48 +102,80 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    print(_common.header("bench_scale: MSSD-scale SASRec epoch and full-catalogue eval"))
+    print(
+        _common.header("bench_scale: MSSD-scale SASRec epoch and full-catalogue eval")
+    )
     nfcl.set_num_threads(args.threads)
-    print(f"# threads: {args.threads} (OpenBLAS)")
+    print(f"# threads: {args.threads} (nfcl.set_num_threads)")
     print(f"# 2-thread headroom at start: {_common.thread_headroom()}", flush=True)
 
     t0 = time.perf_counter()
     ses = mssd_like(N_SESSIONS, N_TRACKS)
-    print(f"data: {ses!r} built in {time.perf_counter() - t0:.1f} s; "
-          f"peak RSS {peak_rss_gb():.2f} GiB")  # fmt: skip
+    print(
+        f"data: {ses!r} built in {time.perf_counter() - t0:.1f} s; "
+        f"peak RSS {peak_rss_gb():.2f} GiB"
+    )
 
     # one epoch (or its first --sessions sessions), with every optimizer page
     # resident from the start as in a whole epoch
-    model = nfcl.SASRec(ses.n_items, dim=128, heads=8, layers=2, max_len=20,
-                        dropout=0.2)  # fmt: skip
+    model = nfcl.SASRec(
+        ses.n_items, dim=128, heads=8, layers=2, max_len=20, dropout=0.2
+    )
     model._init_optimizer()
     for name in ("grads", "m", "v"):
         model._opt[name].fill(0.0)
     train = head_sessions(ses, args.sessions)
+    meter = _common.CpuMeter()
     t0 = time.perf_counter()
-    model.fit(train, epochs=1, batch_size=64, w=0.5, loss="sampled", n_neg=1000,
-              progress=False)  # fmt: skip
+    model.fit(
+        train,
+        epochs=1,
+        batch_size=64,
+        w=0.5,
+        loss="sampled",
+        n_neg=1000,
+        progress=False,
+    )
     part = time.perf_counter() - t0
+    cpu = meter.stop()
     steps = -(-args.sessions // 64)
     full = part * N_SESSIONS / args.sessions
-    print(f"\nepoch, measured: {args.sessions:,} sessions, {steps:,} steps in "
-          f"{part:.1f} s ({part / steps * 1e3:.1f} ms/step, "
-          f"{args.sessions / part:,.0f} sessions/s); loss {model.history[-1]['loss']:.3f}")
+    print(
+        f"\nepoch, measured: {args.sessions:,} sessions, {steps:,} steps in "
+        f"{part:.1f} s ({part / steps * 1e3:.1f} ms/step, "
+        f"{args.sessions / part:,.0f} sessions/s); loss {model.history[-1]['loss']:.3f}"
+    )
+    print(
+        f"  CPU during the epoch: this process {cpu['mine']:.2f} cores, other "
+        f"processes {cpu['others']:.2f} cores (of {os.cpu_count()})"
+    )
+    if cpu["others"] > 0.25:
+        print(
+            "  WARNING: other processes held a core meanwhile; a fork-join step "
+            "then waits for the descheduled thread, so this time is inflated"
+        )
     if args.sessions < N_SESSIONS:
-        print(f"epoch, EXTRAPOLATED linearly to {N_SESSIONS:,} sessions: "
-              f"{full:.0f} s = {full / 60:.1f} min")
+        print(
+            f"epoch, EXTRAPOLATED linearly to {N_SESSIONS:,} sessions: "
+            f"{full:.0f} s = {full / 60:.1f} min (optimistic: steps get slower "
+            "later in the epoch, see benchmarks/README.md)"
+        )
     ok = "met" if full < 300 else f"MISSED by {full - 300:.0f} s"
     print(f"  bar: epoch < 5 min on {args.threads} threads: {ok}")
 
     # full-catalogue evaluation
     split = leave_last_out(head_sessions(ses, args.eval_examples), max_len=20)
     model.evaluate(split.test, protocols=("full",))  # warm-up
-    t0 = time.perf_counter()
+    meter = _common.CpuMeter()
     scores = model.evaluate(split.test, protocols=("full",))
-    dt = time.perf_counter() - t0
+    cpu = meter.stop()
+    dt = cpu["wall"]
     n = len(split.test)
-    print(f"\nfull evaluation: {n:,} queries x {ses.n_items - 1:,} items in "
-          f"{dt:.2f} s = {n / dt:,.0f} queries/s (HR@10 {scores['full:HR@10']:.4f})")
+    print(
+        f"\nfull evaluation: {n:,} queries x {ses.n_items - 1:,} items in "
+        f"{dt:.2f} s = {n / dt:,.0f} queries/s (HR@10 {scores['full:HR@10']:.4f}); "
+        f"other processes {cpu['others']:.2f} cores"
+    )
 
     rss = peak_rss_gb()
     ok = "met" if rss < 4 else f"MISSED by {rss - 4:.2f} GiB"

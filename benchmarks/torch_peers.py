@@ -12,7 +12,6 @@ an nn.Embedding(sparse=True) updated by SparseAdam (lazy, like nfcl).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,7 +151,7 @@ def next_kept_positions(items, skips):
     """pos (B,T): the first later kept position of each kept t < T, else -1.
 
     Shapes: items, skips (B,T+1) int64 / bool."""
-    B, T1 = items.shape
+    _B, T1 = items.shape
     kept = (items > 0) & ~skips
     idx = torch.where(kept, torch.arange(T1), T1)
     after = idx.flip(1).cummin(1).values.flip(1)  # min of idx[t:]
