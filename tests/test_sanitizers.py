@@ -135,3 +135,19 @@ def test_core_is_clean_under_asan_and_ubsan(tmp_path):
     )
     assert run.returncode == 0 and not any(b in report for b in bad), report[-5000:]
     assert "sanitized run ok" in run.stdout and str(lib) in run.stdout
+
+    # a short subset of the suite itself against the sanitized core (files
+    # that need no torch, whose own allocator would drown the report)
+    subset = [str(ROOT / "tests" / f) for f in ("test_models.py", "test_threads.py",
+                                                "test_baselines.py")]
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *subset],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = suite.stdout + suite.stderr
+    assert suite.returncode == 0 and not any(b in report for b in bad), report[-5000:]
+    assert " passed" in suite.stdout
