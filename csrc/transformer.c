@@ -408,6 +408,20 @@ static uint64_t site_stream(const drop_key *dk, int layer, int site)
     return dk->step * SITES_PER_STEP + (uint64_t)s;
 }
 
+/* Gradient through an inverted dropout placed before a residual add: the
+ * mask applied to a copy in work (N*C), or g itself when dropout is off */
+static const float *dropout_grad(const drop_key *dk, const float *g,
+                                 float *work, int64_t NC, int layer, int site)
+{
+    if (!(dk->p > 0.0f)) {
+        return g;
+    }
+    memcpy(work, g, (size_t)NC * sizeof(float));
+    nfcl_dropout_forward(work, NC, dk->p, dk->seed, site_stream(dk, layer, site),
+                         0);
+    return work;
+}
+
 static drop_key make_drop_key(const nfcl_tf_config *cfg, uint64_t seed,
                               uint64_t step, int train)
 {
@@ -558,13 +572,7 @@ static void layer_backward(const nfcl_tf_config *cfg, const float *params,
                             params + P.ln2_w, N, C);
 
     /* r2 = x1 + dropout(ff2(a)): r is also d(x1) through the residual */
-    dz = s->r;
-    if (dk->p > 0.0f) {
-        memcpy(s->z, s->r, (size_t)NC * sizeof(float));
-        nfcl_dropout_forward(s->z, NC, dk->p, dk->seed,
-                             site_stream(dk, l, SITE_FF2), 0);
-        dz = s->z;
-    }
+    dz = dropout_grad(dk, s->r, s->z, NC, l, SITE_FF2);
     nfcl_linear_backward(s->hb, grads + P.ff2_w, grads + P.ff2_b, dz,
                          acts + A.a, params + P.ff2_w, N, F, C, 0.0f);
 
@@ -579,13 +587,7 @@ static void layer_backward(const nfcl_tf_config *cfg, const float *params,
                             params + P.ln1_w, N, C);
 
     /* r1 = x + dropout(out_proj(ay)): g is also d(x); r gets d(ay) */
-    dz = s->g;
-    if (dk->p > 0.0f) {
-        memcpy(s->z, s->g, (size_t)NC * sizeof(float));
-        nfcl_dropout_forward(s->z, NC, dk->p, dk->seed,
-                             site_stream(dk, l, SITE_ATT_OUT), 0);
-        dz = s->z;
-    }
+    dz = dropout_grad(dk, s->g, s->z, NC, l, SITE_ATT_OUT);
     nfcl_linear_backward(s->r, grads + P.out_w, grads + P.out_b, dz,
                          acts + A.ay, params + P.out_w, N, C, C, 0.0f);
 
