@@ -504,6 +504,32 @@ def _take(ses: Sessions, start: np.ndarray, stop: np.ndarray, idx: np.ndarray):
     )
 
 
+def most_recent(sessions: Sessions, max_events: int) -> Sessions:
+    """The latest whole sessions holding at most ``max_events`` plays in all.
+
+    Sessions are kept from the end (they are in time order); item ids are
+    renumbered to the items still used, so the id space shrinks with them.
+    Used to give every listener of a many-listener study the same budget.
+    """
+    if isinstance(max_events, bool) or int(max_events) != max_events or max_events < 1:
+        raise InputError(f"max_events: expected a positive int, got {max_events!r}")
+    lens = sessions.lengths
+    from_end = np.cumsum(lens[::-1])
+    n_keep = int(np.searchsorted(from_end, max_events, side="right"))
+    if n_keep == 0:
+        raise InputError(f"most_recent: the last session alone has {int(lens[-1])} "
+                         f"plays, more than max_events={max_events}")
+    idx = np.arange(sessions.n_sessions - n_keep, sessions.n_sessions)
+    off = sessions.offsets
+    kept = _take(sessions, off[idx], off[idx + 1], idx)
+    used = np.unique(kept.items)
+    remap = np.zeros(len(sessions.item_keys), np.int32)
+    remap[used] = np.arange(1, len(used) + 1, dtype=np.int32)
+    kept.items = remap[kept.items]
+    kept.item_keys = [sessions.item_keys[0]] + [sessions.item_keys[i] for i in used]
+    return kept
+
+
 def _examples(ses: Sessions, tgt, first, sess, max_len: int) -> Examples:
     """Examples predicting event tgt[m] from the up to max_len events before it,
     none before event first[m] (its session's first)."""

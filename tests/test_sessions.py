@@ -9,6 +9,7 @@ from nfcl.sessions import (
     Sessions,
     from_events,
     leave_last_out,
+    most_recent,
     temporal_split,
     training_batches,
 )
@@ -323,3 +324,19 @@ def test_training_batches(sessions):
     other = next(training_batches(train, 32, T, np.random.default_rng(1)))[0]
     assert np.array_equal(again, batches[0][0])
     assert not np.array_equal(other, batches[0][0])
+
+
+# ---------------------------------------------------------------------------
+# most_recent
+
+
+def test_most_recent_keeps_latest_whole_sessions_and_renumbers_items():
+    rng = np.random.default_rng(3)
+    s = from_events(*_random_events(rng), **OFF)
+    budget = int(s.lengths[-3:].sum()) + 1  # room for 3 sessions, not 4
+    r = most_recent(s, budget)
+    assert r.n_sessions == 3 and r.n_events <= budget
+    assert _sessions_as_lists(r) == _sessions_as_lists(s)[-3:]
+    assert sorted(set(r.items.tolist())) == list(range(1, r.n_items))
+    with pytest.raises(InputError, match="last session alone"):
+        most_recent(s, int(s.lengths[-1]) - 1)

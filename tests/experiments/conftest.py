@@ -3,7 +3,10 @@
 Environment:
     NFCL_EXP_SCALE: "quick" (default: 2 seeds, tiny models, SASRec only on the
         skip-definition, listener and simulator axes) or "full" (5 seeds,
-        every model and variant everywhere).
+        every model everywhere; base, +term and the published code's variant
+        on the bundled data, base and +term on the skip-rate axes). Each
+        listener contributes their most recent 6,000 plays (whole sessions),
+        so one heavy listener does not take most of the budget.
     NFCL_EXP_STORE: the JSON-lines results store (default
         results/experiments-<scale>.jsonl under the repository).
     NFCL_EXP_RECOMPUTE=1: re-run cells already in the store.
@@ -30,8 +33,9 @@ SETTINGS = {
                   n_listeners=3),
     "full": dict(seeds=(0, 1, 2, 3, 4),
                  fit_kw=dict(epochs=30, batch_size=64, lr=5e-3, n_neg=1000),
-                 dim=64, axis_models=MODELS, axis_variants=VARIANTS, n_listeners=None),
+                 dim=64, axis_models=MODELS, axis_variants=("base", "+term"), n_listeners=None),
 }[SCALE]
+LISTENER_MAX_EVENTS = 6000
 HISTORIES = Path(os.environ.get("NFCL_SPOTIFY_HISTORIES",
                                 "/work/shared/data/spotify-histories"))
 

@@ -14,7 +14,8 @@ from nfcl import io, sessions
 from nfcl.experiment import run_cell
 from nfcl.simulate import ListeningSimulator, true_affinity_at_k
 
-from .conftest import MODELS, SCALE, SETTINGS, VARIANTS, listeners, model_kw
+from .conftest import (LISTENER_MAX_EVENTS, MODELS, SCALE, SETTINGS, VARIANTS, listeners,
+                       model_kw)
 
 pytestmark = pytest.mark.experiment
 
@@ -33,6 +34,8 @@ def dataset(name: str):
     elif kind == "listener":
         path = HIST[arg]
         data = io.load_spotify(path, skip_rule="under30s", max_len=MAX_LEN)
+        if data.n_events > LISTENER_MAX_EVENTS:
+            data = sessions.most_recent(data, LISTENER_MAX_EVENTS)
     elif kind == "sim":
         sim = ListeningSimulator(skip_rate=float(arg), seed=0)
         data = sim.sessions()
