@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "nfcl.h"
 
 #define ANY (-1)
@@ -341,9 +342,12 @@ static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset *
     return 1;
 }
 
-#define CALL_C(status, expr)     \
-    Py_BEGIN_ALLOW_THREADS       \
-    status = (expr);             \
+/* run a core function without the GIL, in the core's float mode */
+#define CALL_C(status, expr)                 \
+    Py_BEGIN_ALLOW_THREADS                   \
+    unsigned fp_mode_ = nfcl_fp_fast();      \
+    status = (expr);                         \
+    nfcl_fp_restore(fp_mode_);               \
     Py_END_ALLOW_THREADS
 
 /* ---------------------------------------------------------------------- */

@@ -14,6 +14,7 @@
 #endif
 
 #include "blas.h"
+#include "fastmath.h"
 #include "nfcl.h"
 
 /* below this many multiply-adds a product is not worth splitting */
@@ -59,10 +60,12 @@ void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
      * rows of op(A) are columns of the stored A */
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nb; i++) {
+        unsigned fp = nfcl_fp_fast(); /* worker threads too */
         int64_t m0 = M * i / nb, m1 = M * (i + 1) / nb;
         const float *Ai = ta ? A + m0 : A + m0 * lda;
         sgemm_block(ta, tb, m1 - m0, N, K, alpha, Ai, lda, B, ldb, beta,
                     C + m0 * ldc, ldc);
+        nfcl_fp_restore(fp);
     }
 }
 

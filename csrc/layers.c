@@ -7,9 +7,13 @@
  * kernels trust their arguments.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <string.h>
 
 #include "blas.h"
+#include "fastmath.h"
 #include "layers.h"
 #include "nfcl.h"
 #include "rng.h"
@@ -149,23 +153,43 @@ void nfcl_gelu_backward(float *dinp, const float *inp, const float *dout,
     }
 }
 
+/* the mask loop; its 64-bit multiplies vectorise only with AVX-512 DQ */
+static inline __attribute__((always_inline)) void
+dropout_body(float *x, int64_t n, float p, uint64_t key, uint64_t first)
+{
+    /* the keep decision is a pure function of the element's counter, so
+     * backward recomputes the same mask; a product by 0 or 1/(1-p)
+     * vectorises where a branch would not */
+    float scale = 1.0f / (1.0f - p);
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t c = first + (uint64_t)i;
+        float u = nfcl_keyed_uniform(key, c);
+        x[i] *= u >= p ? scale : 0.0f;
+    }
+}
+
+#if NFCL_HAVE_CLONES
+__attribute__((target("avx512f,avx512dq"))) static void
+dropout_avx512(float *x, int64_t n, float p, uint64_t key, uint64_t first)
+{
+    dropout_body(x, n, p, key, first);
+}
+#endif
+
 void nfcl_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
                           uint64_t stream, uint64_t first)
 {
     if (!(p > 0.0f)) {
         return;
     }
-    float scale = 1.0f / (1.0f - p);
     uint64_t key = nfcl_stream_key(seed, stream);
-
-    /* the keep decision is a pure function of the element's counter, so
-     * backward recomputes the same mask; a product by 0 or 1/(1-p)
-     * vectorises where a branch would not */
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t c = first + (uint64_t)i;
-        float u = nfcl_keyed_uniform(key, c);
-        x[i] *= u >= p ? scale : 0.0f;
+#if NFCL_HAVE_CLONES
+    if (__builtin_cpu_supports("avx512dq")) {
+        dropout_avx512(x, n, p, key, first);
+        return;
     }
+#endif
+    dropout_body(x, n, p, key, first);
 }
 
 void nfcl_relu_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
@@ -190,6 +214,29 @@ void nfcl_relu_dropout_backward(float *d, const float *a, int64_t n,
 /* ---------------------------------------------------------------------- */
 /* attention */
 
+/* threads for a loop over B sequences: at most NFCL_ATTN_SLOTS (the work
+ * slots the caller provides), at most B, at least 1 */
+static int attn_threads(int B)
+{
+#ifdef _OPENMP
+    int n = omp_get_max_threads();
+#else
+    int n = 1;
+#endif
+    n = n < NFCL_ATTN_SLOTS ? n : NFCL_ATTN_SLOTS;
+    return n < B ? n : (B < 1 ? 1 : B);
+}
+
+/* this thread's work slot */
+static int slot(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* Softmax of one score row (T) in place over the visible keys: j < n_vis
  * and items_b[j] != 0. Hidden keys get probability 0, and a row with no
  * visible key is all zeros rather than NaN. */
@@ -208,13 +255,13 @@ static void masked_softmax_row(float *row, const int32_t *items_b, int T,
         return;
     }
 
-    /* pass 2: exponentiate and sum; hidden keys become 0 */
+    /* pass 2: exponentiate and sum; hidden keys become 0, and so do keys
+     * whose probability would be subnormal (see fastmath.h) */
     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int j = 0; j < T; j++) {
-        float e = 0.0f;
-        if (j < n_vis && items_b[j] != 0) {
-            e = expf(row[j] - maxv);
-        }
+        float e = nfcl_exp_nonpos(row[j] - maxv);
+        e = j < n_vis && items_b[j] != 0 ? e : 0.0f;
         row[j] = e;
         sum += e;
     }
@@ -234,7 +281,12 @@ void nfcl_attention_forward(float *out, float *att, float *work,
     int64_t C3 = 3 * (int64_t)C, TT = (int64_t)T * T;
     float scale = 1.0f / sqrtf((float)hs);
 
+    /* sequences are independent: each thread takes a fixed range of b and
+     * its own work slot, so the result does not depend on the split */
+#pragma omp parallel for schedule(static) num_threads(attn_threads(a->B))
     for (int b = 0; b < a->B; b++) {
+        unsigned fp = nfcl_fp_fast();
+        float *work_t = work + (int64_t)slot() * TT;
         const int32_t *items_b = items + (int64_t)b * T;
         const float *qkv_b = qkv + (int64_t)b * T * C3;
         for (int h = 0; h < NH; h++) {
@@ -256,10 +308,10 @@ void nfcl_attention_forward(float *out, float *att, float *work,
             /* dropout on a copy: backward needs the clean probabilities */
             const float *pd = att_bh;
             if (a->p > 0.0f) {
-                memcpy(work, att_bh, (size_t)TT * sizeof(float));
-                nfcl_dropout_forward(work, TT, a->p, a->seed, a->stream,
+                memcpy(work_t, att_bh, (size_t)TT * sizeof(float));
+                nfcl_dropout_forward(work_t, TT, a->p, a->seed, a->stream,
                                      (uint64_t)(bh * TT));
-                pd = work;
+                pd = work_t;
             }
 
             /* out_bh (T,hs) = pd v_bh, written into columns h*hs.. */
@@ -267,6 +319,7 @@ void nfcl_attention_forward(float *out, float *att, float *work,
             nfcl_sgemm(0, 0, T, hs, T, 1.0f, pd, T, v_bh, C3, 0.0f, out_bh,
                        C);
         }
+        nfcl_fp_restore(fp);
     }
 }
 
@@ -299,7 +352,10 @@ void nfcl_attention_backward(float *dqkv, float *pd, float *ds,
     int64_t C3 = 3 * (int64_t)C, TT = (int64_t)T * T;
     float scale = 1.0f / sqrtf((float)hs);
 
+#pragma omp parallel for schedule(static) num_threads(attn_threads(a->B))
     for (int b = 0; b < a->B; b++) {
+        unsigned fp = nfcl_fp_fast();
+        float *pd_t = pd + (int64_t)slot() * TT, *ds_t = ds + (int64_t)slot() * TT;
         const float *qkv_b = qkv + (int64_t)b * T * C3;
         float *dqkv_b = dqkv + (int64_t)b * T * C3;
         for (int h = 0; h < NH; h++) {
@@ -316,26 +372,27 @@ void nfcl_attention_backward(float *dqkv, float *pd, float *ds,
             /* pd (T,T): the probabilities the forward mixed with */
             const float *pd_bh = att_bh;
             if (a->p > 0.0f) {
-                memcpy(pd, att_bh, (size_t)TT * sizeof(float));
-                nfcl_dropout_forward(pd, TT, a->p, a->seed, a->stream,
+                memcpy(pd_t, att_bh, (size_t)TT * sizeof(float));
+                nfcl_dropout_forward(pd_t, TT, a->p, a->seed, a->stream,
                                      (uint64_t)(bh * TT));
-                pd_bh = pd;
+                pd_bh = pd_t;
             }
 
             /* forward out_bh = pd v_bh: dpd = dout v^T, dv = pd^T dout */
-            nfcl_sgemm(0, 1, T, T, hs, 1.0f, dout_bh, C, v_bh, C3, 0.0f, ds,
+            nfcl_sgemm(0, 1, T, T, hs, 1.0f, dout_bh, C, v_bh, C3, 0.0f, ds_t,
                        T);
             nfcl_sgemm(1, 0, T, hs, T, 1.0f, pd_bh, T, dout_bh, C, 0.0f,
                        dv_bh, C3);
 
             /* through the softmax: ds becomes d(scores) */
-            softmax_backward(ds, pd_bh, att_bh, T);
+            softmax_backward(ds_t, pd_bh, att_bh, T);
 
             /* forward S = scale q k^T: dq = scale ds k, dk = scale ds^T q */
-            nfcl_sgemm(0, 0, T, hs, T, scale, ds, T, k_bh, C3, 0.0f, dq_bh,
+            nfcl_sgemm(0, 0, T, hs, T, scale, ds_t, T, k_bh, C3, 0.0f, dq_bh,
                        C3);
-            nfcl_sgemm(1, 0, T, hs, T, scale, ds, T, q_bh, C3, 0.0f, dk_bh,
+            nfcl_sgemm(1, 0, T, hs, T, scale, ds_t, T, q_bh, C3, 0.0f, dk_bh,
                        C3);
         }
+        nfcl_fp_restore(fp);
     }
 }

@@ -67,7 +67,10 @@ void nfcl_relu_dropout_backward(float *d, const float *a, int64_t n,
                                 float scale);
 
 /* ---------------------------------------------------------------------- */
-/* multi-head self-attention core (projections excluded) */
+/* multi-head self-attention core (projections excluded). Sequences run in
+ * parallel, up to NFCL_ATTN_SLOTS threads, each with its own work slot. */
+
+#define NFCL_ATTN_SLOTS 8
 
 typedef struct {
     int B, T, C, NH;  /* hs = C / NH */
@@ -79,14 +82,15 @@ typedef struct {
 
 /* out (B,T,C): head outputs side by side, head h in columns h*hs..;
  * att (B,NH,T,T): probabilities before dropout, saved for backward;
- * work (T,T): room for one head's dropped probabilities;
+ * work (NFCL_ATTN_SLOTS,T,T): room for one head's dropped probabilities
+ * per thread;
  * qkv (B,T,3C): packed q | k | v; items (B,T): keys with item 0 are masked.
  * A query with no visible key gets all-zero probabilities. */
 void nfcl_attention_forward(float *out, float *att, float *work,
                             const float *qkv, const int32_t *items,
                             const nfcl_attn_args *a);
 
-/* dqkv (B,T,3C) written; pd, ds (T,T) work; dout (B,T,C) in;
+/* dqkv (B,T,3C) written; pd, ds (NFCL_ATTN_SLOTS,T,T) work; dout (B,T,C) in;
  * qkv, att as saved by the forward */
 void nfcl_attention_backward(float *dqkv, float *pd, float *ds,
                              const float *dout, const float *qkv,

@@ -13,17 +13,19 @@
 #include <string.h>
 
 #include "blas.h"
+#include "fastmath.h"
 #include "nfcl.h"
 
 /* torch.nn.functional.normalize's default floor on the norm */
 #define UNIT_EPS 1e-12
 
-/* floats of logits held at once by the cross-entropy (64 MiB): large
- * enough that a full-catalogue pass streams demb only a few times */
-#define XENT_BLOCK_FLOATS ((int64_t)1 << 24)
+/* floats of logits held at once by the cross-entropy (4 MiB), so a block
+ * stays in cache between its product and its softmax pass; but at least
+ * XENT_MIN_ROWS rows, so a large catalogue's dE product keeps a useful
+ * shape and demb is not streamed once per handful of rows */
+#define XENT_BLOCK_FLOATS ((int64_t)1 << 20)
 
-/* fewest rows per logits block, so sgemm keeps a useful shape */
-#define XENT_MIN_ROWS 16
+#define XENT_MIN_ROWS 64
 
 /* ---------------------------------------------------------------------- */
 /* candidate sampling */
@@ -166,10 +168,14 @@ static int all_finite(const float *x, int64_t n)
 }
 
 /* Turn one row of logits z (K) into its gradient g * (softmax - onehot),
- * adding the row's negative log-likelihood to *nll. An ignored row (tgt < 0)
- * becomes zeros. Returns 0 if the row's loss is not finite. */
+ * writing the row's negative log-likelihood to *nll. An ignored row
+ * (tgt < 0) becomes zeros with nll 0. Returns 0 if the row's loss is not
+ * finite. The passes are SIMD loops; the sum of exponentials is kept in
+ * double. */
+NFCL_CLONES
 static int xent_row(float *z, int64_t K, int32_t tgt, float g, double *nll)
 {
+    *nll = 0.0;
     if (tgt < 0) {
         memset(z, 0, (size_t)K * sizeof(float));
         return 1;
@@ -177,25 +183,28 @@ static int xent_row(float *z, int64_t K, int32_t tgt, float g, double *nll)
 
     /* stable log-sum-exp: shift by the row max, keep exp(z - max) in z */
     float mx = z[0];
-    for (int64_t k = 1; k < K; k++) {
+#pragma omp simd reduction(max : mx)
+    for (int64_t k = 0; k < K; k++) {
         mx = z[k] > mx ? z[k] : mx;
     }
     double zt = (double)z[tgt], sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t k = 0; k < K; k++) {
-        double e = exp((double)z[k] - (double)mx);
-        z[k] = (float)e;
-        sum += e;
+        float e = nfcl_exp_nonpos(z[k] - mx);
+        z[k] = e;
+        sum += (double)e;
     }
     double row = (double)mx + log(sum) - zt;
     if (!isfinite(row)) {
         return 0;
     }
-    *nll += row;
+    *nll = row;
 
     /* gradient of the row's loss, pre-scaled by g = scale / n_valid */
-    double f = (double)g / sum;
+    float f = (float)((double)g / sum);
+#pragma omp simd
     for (int64_t k = 0; k < K; k++) {
-        z[k] = (float)((double)z[k] * f);
+        z[k] *= f;
     }
     z[tgt] -= g;
     return 1;
@@ -250,8 +259,8 @@ static const float *xent_gather(const float *emb, int C, const int32_t *cand,
  * rows 1..V-1 are contiguous), else a zeroed scratch scattered later. */
 static int xent_blocks(const float *q, int64_t N, int C, const float *E,
                        int64_t K, const int32_t *tgt_idx, float g,
-                       float *z, int64_t nb, float *dq, float *dE,
-                       double *nll)
+                       float *z, double *row_nll, int64_t nb, float *dq,
+                       float *dE, double *nll)
 {
     for (int64_t r0 = 0; r0 < N; r0 += nb) {
         int64_t nr = N - r0 < nb ? N - r0 : nb;
@@ -259,10 +268,18 @@ static int xent_blocks(const float *q, int64_t N, int C, const float *E,
 
         /* z (nr,K) = Q[r0:r0+nr] Ecand^T, then softmax - onehot in place */
         nfcl_sgemm(0, 1, nr, K, C, 1.0f, qb, C, E, C, 0.0f, z, K);
+        int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
         for (int64_t r = 0; r < nr; r++) {
-            if (!xent_row(z + r * K, K, tgt_idx[r0 + r], g, nll)) {
-                return NFCL_E_NONFINITE;
-            }
+            unsigned fp = nfcl_fp_fast(); /* worker threads too */
+            bad |= !xent_row(z + r * K, K, tgt_idx[r0 + r], g, row_nll + r);
+            nfcl_fp_restore(fp);
+        }
+        if (bad) {
+            return NFCL_E_NONFINITE;
+        }
+        for (int64_t r = 0; r < nr; r++) { /* fixed order, any thread count */
+            *nll += row_nll[r];
         }
 
         /* dq (nr,C) += G Ecand; dEcand (K,C) += G^T Q */
@@ -305,11 +322,13 @@ int nfcl_softmax_xent(const float *q, int64_t N, int C, const float *emb,
     nb = nb < XENT_MIN_ROWS ? XENT_MIN_ROWS : nb;
     nb = nb > N ? N : nb;
     float *z = malloc((size_t)nb * (size_t)K * sizeof(float));
+    double *row_nll = malloc((size_t)nb * sizeof(double));
     float *dE = cand == NULL ? demb + C : calloc((size_t)K * (size_t)C, sizeof(float));
-    if (z == NULL || dE == NULL) {
+    if (z == NULL || row_nll == NULL || dE == NULL) {
         if (cand != NULL) {
             free(dE);
         }
+        free(row_nll);
         free(z);
         free(ecand);
         return NFCL_E_NOMEM;
@@ -318,7 +337,7 @@ int nfcl_softmax_xent(const float *q, int64_t N, int C, const float *emb,
     /* blocks of rows; on overflow dq and demb may hold part of the sum */
     double nll = 0.0;
     float g = scale / (float)n_valid;
-    status = xent_blocks(q, N, C, E, K, tgt_idx, g, z, nb, dq, dE, &nll);
+    status = xent_blocks(q, N, C, E, K, tgt_idx, g, z, row_nll, nb, dq, dE, &nll);
 
     /* scatter dEcand into demb; every candidate row got gradient */
     for (int64_t k = 0; status == NFCL_OK && k < K; k++) {
@@ -334,6 +353,7 @@ int nfcl_softmax_xent(const float *q, int64_t N, int C, const float *emb,
     if (cand != NULL) {
         free(dE);
     }
+    free(row_nll);
     free(z);
     free(ecand);
     *loss = status == NFCL_OK ? (float)(nll / (double)n_valid) : 0.0f;

@@ -295,10 +295,11 @@ static int check_batch(const nfcl_tf_config *cfg, int B, int T)
         return NFCL_E_RANGE;
     }
     int64_t N = (int64_t)B * T, C = cfg->dim;
-    int64_t head = cap_add(cap_mul(2 * N, C), cap_mul(T, T));
+    int64_t slots = cap_mul(NFCL_ATTN_SLOTS, cap_mul(T, T));
+    int64_t head = cap_add(cap_mul(2 * N, C), slots);
     int64_t acts = cap_add(cap_mul(cfg->layers, layer_acts_size(cfg, B, T)),
                            head);
-    int64_t scratch = cap_mul(N, 6 * C + cfg->ffn);
+    int64_t scratch = cap_add(cap_mul(N, 6 * C + cfg->ffn), cap_mul(2, slots));
     if (!nfcl_fits_blas(N, cfg->ffn, 0) || acts < 0 || scratch < 0) {
         return NFCL_E_SIZE;
     }
@@ -314,7 +315,7 @@ int64_t nfcl_tf_acts_size(const nfcl_tf_config *cfg, int B, int T)
     /* x0, layers, hp, work */
     int64_t NC = (int64_t)B * T * cfg->dim;
     return NC + cfg->layers * layer_acts_size(cfg, B, T) + NC +
-           (int64_t)T * T;
+           NFCL_ATTN_SLOTS * (int64_t)T * T;
 }
 
 int64_t nfcl_tf_scratch_size(const nfcl_tf_config *cfg, int B, int T)
@@ -323,9 +324,10 @@ int64_t nfcl_tf_scratch_size(const nfcl_tf_config *cfg, int B, int T)
     if (status != NFCL_OK) {
         return -(int64_t)status;
     }
-    /* g, r, z, dqkv: 6C; hb: F; pd, ds: 2 T^2 */
+    /* g, r, z, dqkv: 6C; hb: F; pd, ds: 2 T^2 per attention slot */
     int64_t N = (int64_t)B * T;
-    return N * (6 * (int64_t)cfg->dim + cfg->ffn) + 2 * (int64_t)T * T;
+    return N * (6 * (int64_t)cfg->dim + cfg->ffn) +
+           2 * NFCL_ATTN_SLOTS * (int64_t)T * T;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -387,7 +389,7 @@ static tf_scratch scratch_at(const nfcl_tf_config *cfg, float *scratch,
     s.hb = s.z + NC;
     s.dqkv = s.hb + N * cfg->ffn;
     s.pd = s.dqkv + 3 * NC;
-    s.ds = s.pd + (int64_t)T * T;
+    s.ds = s.pd + NFCL_ATTN_SLOTS * (int64_t)T * T;
     return s;
 }
 
@@ -519,7 +521,7 @@ static void layer_forward(const nfcl_tf_config *cfg, const float *params,
     int C = cfg->dim, F = cfg->ffn;
     int64_t N = (int64_t)B * T;
     const float *x = acts + layer_input_at(cfg, B, T, l); /* (B,T,C) */
-    float *work = acts + head_acts_at(cfg, B, T) + N * C; /* (T,T) */
+    float *work = acts + head_acts_at(cfg, B, T) + N * C; /* (slots,T,T) */
 
     /* attention block: r1 = x + dropout(out_proj(attention(x))) */
     nfcl_linear_forward(acts + A.qkv, x, params + P.in_w, params + P.in_b,
