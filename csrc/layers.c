@@ -69,6 +69,7 @@ void nfcl_layernorm_forward(float *out, float *mean, float *rstd,
                             const float *inp, const float *w,
                             const float *b, int64_t N, int C)
 {
+#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *y = out + n * C;
@@ -102,14 +103,16 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
                              const float *w, int64_t N, int C)
 {
     /* forward: y = xhat * w + b, xhat = (x - mean) * rstd. Then
-     * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w */
+     * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
+     * Rows are independent; each thread takes whole rows. */
+#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         const float *dy = dout + n * C;
         float *dx = dinp + n * C;
         float m = mean[n], s = rstd[n];
 
-        /* pass 1: the two row means of the formula */
+        /* the two row means of the formula */
         double g_mean = 0.0, gx_mean = 0.0;
         for (int c = 0; c < C; c++) {
             float xhat = (x[c] - m) * s;
@@ -118,13 +121,30 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
             gx_mean += g * xhat;
         }
         float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
-
-        /* pass 2: parameter gradients and the input gradient */
         for (int c = 0; c < C; c++) {
             float xhat = (x[c] - m) * s;
-            dw[c] += dy[c] * xhat;
-            db[c] += dy[c];
             dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
+        }
+    }
+
+    /* parameter gradients: sums over rows, in row order for every column;
+     * threads split the columns, so no sum depends on the thread count */
+#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
+    {
+        int c0 = 0, c1 = C;
+#ifdef _OPENMP
+        int k = omp_get_thread_num(), nt = omp_get_num_threads();
+        c0 = (int)((int64_t)C * k / nt);
+        c1 = (int)((int64_t)C * (k + 1) / nt);
+#endif
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C;
+            const float *dy = dout + n * C;
+            float m = mean[n], s = rstd[n];
+            for (int c = c0; c < c1; c++) {
+                dw[c] += dy[c] * ((x[c] - m) * s);
+                db[c] += dy[c];
+            }
         }
     }
 }
@@ -135,6 +155,7 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
 void nfcl_gelu_forward(float *out, const float *inp, int64_t n)
 {
     /* exact form x * Phi(x), as torch's GELU(approximate='none') */
+#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         double x = inp[i];
         out[i] = (float)(0.5 * x * (1.0 + erf(x * INV_SQRT2)));
@@ -145,6 +166,7 @@ void nfcl_gelu_backward(float *dinp, const float *inp, const float *dout,
                         int64_t n)
 {
     /* d/dx x Phi(x) = Phi(x) + x phi(x) */
+#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         double x = inp[i];
         double cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
@@ -184,17 +206,29 @@ void nfcl_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
     }
     uint64_t key = nfcl_stream_key(seed, stream);
 #if NFCL_HAVE_CLONES
-    if (__builtin_cpu_supports("avx512dq")) {
-        dropout_avx512(x, n, p, key, first);
-        return;
-    }
+    int wide = __builtin_cpu_supports("avx512dq");
 #endif
-    dropout_body(x, n, p, key, first);
+    /* chunks of NFCL_PAR_MIN elements; the mask depends on the element's
+     * counter only, so the split changes nothing */
+    int64_t n_chunks = (n + NFCL_PAR_MIN - 1) / NFCL_PAR_MIN;
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+    for (int64_t k = 0; k < n_chunks; k++) {
+        int64_t i0 = k * NFCL_PAR_MIN;
+        int64_t len = n - i0 < NFCL_PAR_MIN ? n - i0 : NFCL_PAR_MIN;
+#if NFCL_HAVE_CLONES
+        if (wide) {
+            dropout_avx512(x + i0, len, p, key, first + (uint64_t)i0);
+            continue;
+        }
+#endif
+        dropout_body(x + i0, len, p, key, first + (uint64_t)i0);
+    }
 }
 
 void nfcl_relu_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
                                uint64_t stream)
 {
+#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         x[i] = x[i] > 0.0f ? x[i] : 0.0f;
     }
@@ -206,6 +240,7 @@ void nfcl_relu_dropout_backward(float *d, const float *a, int64_t n,
 {
     /* forward: a = keep * max(h, 0) * scale; scale >= 1 so a kept
      * positive h never rounds to 0, and a > 0 marks the live paths */
+#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         d[i] *= a[i] > 0.0f ? scale : 0.0f; /* a product vectorises */
     }

@@ -12,6 +12,11 @@
 
 #include <stdint.h>
 
+/* Elementwise and row-wise kernels split their work over the core's threads
+ * from this many elements up (2^16); every element is computed the same way
+ * whatever the split, so results do not depend on the thread count. */
+#define NFCL_PAR_MIN ((int64_t)1 << 16)
+
 /* ---------------------------------------------------------------------- */
 /* linear: out = inp w^T + b, the torch.nn.Linear convention */
 

@@ -503,6 +503,7 @@ static void embed_backward(float *ditem, float *dpos, nfcl_rowset *rs,
 /* out (n) += x (n) */
 static void residual_add(float *out, const float *x, int64_t n)
 {
+#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         out[i] += x[i];
     }
