@@ -118,8 +118,17 @@ int nfcl_adam_step(float *params, float *grads, float *m, float *v, int64_t n,
     a.bc1 = 1.0 - pow((double)beta1, (double)t);
     a.sqrt_bc2 = sqrt(1.0 - pow((double)beta2, (double)t));
 
-    /* dense part, then only the touched rows, whose marks are cleared */
-    adam_span(&a, params + e0, grads + e0, m + e0, v + e0, n - e0);
+    /* dense part in chunks, then only the touched rows, whose marks are
+     * cleared; every element is updated on its own, so the threads' split
+     * changes nothing */
+    int64_t nd = n - e0, chunk = (int64_t)1 << 14;
+    int64_t n_chunks = (nd + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (n_chunks > 4)
+    for (int64_t k = 0; k < n_chunks; k++) {
+        int64_t o = e0 + k * chunk, len = nd - k * chunk < chunk ? nd - k * chunk : chunk;
+        adam_span(&a, params + o, grads + o, m + o, v + o, len);
+    }
+#pragma omp parallel for schedule(static) if (count * C >= ((int64_t)1 << 16))
     for (int64_t i = 0; i < count; i++) {
         int64_t o = (int64_t)rs->rows[i] * C;
         adam_span(&a, params + o, grads + o, m + o, v + o, C);
