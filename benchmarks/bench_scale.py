@@ -176,6 +176,15 @@ def main(argv=None):
         f"{dt:.2f} s = {n / dt:,.0f} queries/s (HR@10 {scores['full:HR@10']:.4f}); "
         f"other processes {cpu['others']:.2f} cores"
     )
+    # the scoring products (queries x items x dim) against OpenBLAS's rate at
+    # the core's block shape (1,024 query rows x 4,096 items, csrc/rank.c),
+    # one thread's rate times the thread count
+    rate = _common.sgemm_rate(_common.openblas_sgemm()[0], min(n, 1024), 4096, 128, 0, 1)
+    bound = 2.0 * n * (ses.n_items - 1) * 128 / (rate * 1e9 * args.threads)
+    print(
+        f"  scoring products alone at {rate:.0f} GFLOP/s x {args.threads} thread(s): "
+        f"{bound:.2f} s; achieved {bound / dt:.0%} of that sgemm bound"
+    )
 
     rss = peak_rss_gb()
     ok = "met" if rss < 4 else f"MISSED by {rss - 4:.2f} GiB"
