@@ -181,3 +181,90 @@ def markdown_table(records, columns) -> str:
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |"
               for r in records]
     return "\n".join(lines)
+
+
+def slope_ci(x, y) -> tuple:
+    """Least-squares slope of y on x with its 95% t-interval.
+
+    Returns (slope, half-width, n); NaN where fewer than 3 finite points.
+    Used for "does the gain grow with the skip rate": x are the skip rates of
+    the data sets, y the mean paired gains measured on them.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = int(x.size)
+    if n < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan, n
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum())
+    resid = y - y.mean() - slope * xc
+    se = math.sqrt((resid**2).sum() / (n - 2) / (xc**2).sum())
+    return slope, t_quantile(n - 2) * se, n
+
+
+def skip_rate_of(row) -> float:
+    """The skip rate of a stored run's data set (top level or in its config)."""
+    v = row.get("skip_rate", row.get("config", {}).get("skip_rate"))
+    return math.nan if v is None else float(v)
+
+
+def claim_checks(rows, models=("gru4rec", "caser", "sasrec", "bert4rec"), dataset="bundled",
+                 axes=("listener:", "bundled:", "sim:")) -> list:
+    """The paper's four claims, tested on stored runs (95% intervals).
+
+    1. +term raises HR@10 and MRR@10 for every model (paired gain > 0 on
+       ``dataset``); 2. Skip-MRR@10 falls (paired change < 0); 3. the HR@10
+       gain grows with the skip rate (slope > 0 across the data sets of each
+       axis prefix); 4. SASRec has the highest base HR@10 on ``dataset``.
+
+    Returns dicts: claim, model, axis, estimate, lo, hi, n, verdict
+    ("held", "not held: opposite", or "not shown" when the interval holds 0).
+    """
+    out = []
+
+    def verdict(lo, hi, sign):
+        if math.isnan(lo) or math.isnan(hi):
+            return "not shown"
+        if (lo > 0 if sign > 0 else hi < 0):
+            return "held"
+        if (hi < 0 if sign > 0 else lo > 0):
+            return "not held: opposite"
+        return "not shown"
+
+    present = sorted({r["model"] for r in rows if r["dataset"] == dataset})
+    for model in [m for m in models if m in present] or present:
+        for metric, sign, claim in (("sampled:HR@10", 1, "term raises HR@10"),
+                                    ("sampled:MRR@10", 1, "term raises MRR@10"),
+                                    ("sampled:Skip-MRR@10", -1, "term lowers Skip-MRR@10")):
+            d = [x for x in paired_differences([r for r in rows if r["dataset"] == dataset],
+                                               metrics=(metric,)) if x["model"] == model]
+            if d:
+                e = d[0]
+                out.append(dict(claim=claim, model=model, axis=dataset, estimate=e["mean"],
+                                lo=e["lo"], hi=e["hi"], n=e["n"],
+                                verdict=verdict(e["lo"], e["hi"], sign)))
+        for prefix in axes:
+            sub = [r for r in rows if r["dataset"].startswith(prefix) and r["model"] == model]
+            gains = paired_differences(sub, metrics=("sampled:HR@10",))
+            rate = {r["dataset"]: skip_rate_of(r) for r in sub}
+            s, half, n = slope_ci([rate[g["dataset"]] for g in gains],
+                                  [g["mean"] for g in gains])
+            if n:
+                out.append(dict(claim="HR@10 gain grows with skip rate (slope)", model=model,
+                                axis=prefix.rstrip(":"), estimate=s, lo=s - half,
+                                hi=s + half, n=n, verdict=verdict(s - half, s + half, 1)))
+    base = summarize([r for r in rows if r["dataset"] == dataset and r["variant"] == "base"],
+                     metrics=("sampled:HR@10",), group=("model",))
+    if base:
+        best = max(base, key=lambda b: b["mean"])
+        sas = next((b for b in base if b["model"] == "sasrec"), None)
+        if sas is not None:
+            others = [b for b in base if b["model"] != "sasrec"]
+            clear = all(sas["lo"] > b["hi"] for b in others)
+            v = ("held" if clear else "not shown") if best["model"] == "sasrec" else \
+                f"not held: {best['model']} higher"
+            out.append(dict(claim="SASRec has the highest base HR@10", model="sasrec",
+                            axis=dataset, estimate=sas["mean"], lo=sas["lo"], hi=sas["hi"],
+                            n=sas["n"], verdict=v))
+    return out

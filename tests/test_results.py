@@ -82,3 +82,46 @@ def test_summaries_pair_by_seed():
     assert s["base"]["n"] == 5 and s["+term"]["n"] == 6
     assert s["base"]["mean"] == pytest.approx(base.mean(), abs=1e-12)
     assert diff["ci"] < s["base"]["ci"]
+
+
+def test_slope_ci_recovers_a_known_line_and_refuses_too_few_points():
+    from nfcl.results import slope_ci
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.05, 0.5, 40)
+    y = 0.2 * x + 0.01 + rng.normal(0, 0.002, x.size)
+    s, half, n = slope_ci(x, y)
+    assert n == 40 and abs(s - 0.2) < half and half < 0.01
+    assert math.isnan(slope_ci([0.1, 0.2], [1.0, 2.0])[0])
+    s, half, _ = slope_ci(x, 0.3 - x)  # exact line: zero residual
+    assert s == pytest.approx(-1.0) and half == pytest.approx(0.0, abs=1e-12)
+
+
+def _claim_row(dataset, model, variant, seed, hr, skip_mrr, rate):
+    return dict(dataset=dataset, model=model, variant=variant, seed=seed, skip_rate=rate,
+                metrics={"sampled:HR@10": hr, "sampled:MRR@10": hr / 3,
+                         "sampled:Skip-MRR@10": skip_mrr})
+
+
+def test_claim_checks_give_each_verdict():
+    from nfcl.results import claim_checks
+
+    rows = []
+    for seed in range(5):
+        eps = 0.001 * seed
+        # gru4rec: the term helps HR clearly and lowers Skip-MRR; sasrec: hurts
+        rows += [_claim_row("bundled", "gru4rec", "base", seed, 0.20 + eps, 0.10 + eps, 0.2),
+                 _claim_row("bundled", "gru4rec", "+term", seed, 0.25 + 2 * eps, 0.05, 0.2),
+                 _claim_row("bundled", "sasrec", "base", seed, 0.30 + eps, 0.10, 0.2),
+                 _claim_row("bundled", "sasrec", "+term", seed, 0.28 + eps / 2, 0.12 + eps, 0.2)]
+        for rate in (0.1, 0.3, 0.5):  # gain = rate / 10 for gru4rec
+            rows += [_claim_row(f"sim:{rate}", "gru4rec", "base", seed, 0.2 + eps, 0.1, rate),
+                     _claim_row(f"sim:{rate}", "gru4rec", "+term", seed, 0.2 + rate / 10 + eps * 1.5,
+                          0.1, rate)]
+    got = {(c["claim"], c["model"], c["axis"]): c["verdict"] for c in claim_checks(rows)}
+    assert got[("term raises HR@10", "gru4rec", "bundled")] == "held"
+    assert got[("term lowers Skip-MRR@10", "gru4rec", "bundled")] == "held"
+    assert got[("term raises HR@10", "sasrec", "bundled")] == "not held: opposite"
+    assert got[("term lowers Skip-MRR@10", "sasrec", "bundled")] == "not held: opposite"
+    assert got[("HR@10 gain grows with skip rate (slope)", "gru4rec", "sim")] == "held"
+    assert got[("SASRec has the highest base HR@10", "sasrec", "bundled")] == "held"
