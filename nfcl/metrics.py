@@ -142,7 +142,8 @@ def compute_metrics(greater, ties, target_skips=None, protocol="full", **kw) -> 
 
 
 def sampled_candidates(
-    targets, n_items: int, seed: int, n_neg: int = 1000, group: int = 64
+    targets, n_items: int, seed: int, n_neg: int = 1000, group: int = 64,
+    first_group: int = 0,
 ) -> list[tuple[int, int, np.ndarray]]:
     """Candidate sets for sampled ranking, a pure function of (seed, order).
 
@@ -150,7 +151,10 @@ def sampled_candidates(
     order. Group g (stream g) ranks against the unique targets of the group
     followed by n_neg items drawn without replacement from the other items
     (`_core.sample_candidates`). When the catalogue holds fewer than n_neg
-    other items, all of them are used instead.
+    other items, all of them are used instead. ``first_group`` numbers the
+    first group (and so its stream): a slice of the examples that starts at
+    example ``first_group * group`` gets the candidate sets the whole list
+    gives those examples.
 
     Shapes:
         targets int (N,) ids 1..n_items-1. Returns [(start, stop, cand int32
@@ -167,6 +171,8 @@ def sampled_candidates(
         raise InputError(f"group: expected a positive int, got {group!r}")
     if isinstance(n_neg, bool) or int(n_neg) != n_neg or n_neg < 0:
         raise InputError(f"n_neg: expected an int >= 0, got {n_neg!r}")
+    if isinstance(first_group, bool) or int(first_group) != first_group or first_group < 0:
+        raise InputError(f"first_group: expected an int >= 0, got {first_group!r}")
 
     seen = np.zeros(n_items, dtype=np.uint8)
     out = []
@@ -175,7 +181,7 @@ def sampled_candidates(
         part = t[start:stop]
         others = n_items - 1 - len(np.unique(part))
         cand, _ = _core.sample_candidates(
-            part, n_items, min(int(n_neg), others), seed, g, seen
+            part, n_items, min(int(n_neg), others), seed, int(first_group) + g, seen
         )
         out.append((start, stop, cand))
     return out

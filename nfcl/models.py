@@ -38,9 +38,11 @@ class TrainingError(NfclError, FloatingPointError):
     """Training produced a NaN or infinite value; the weights were not updated."""
 
 
-def _derive_seed(seed: int, purpose: int) -> int:
-    """A 64-bit seed for one purpose (init, dropout, sampling, shuffling)."""
-    state = np.random.SeedSequence([seed, purpose]).generate_state(2, np.uint32)
+def _derive_seed(seed: int, purpose: int, rank: int = 0) -> int:
+    """A 64-bit seed for one purpose (init, dropout, sampling, shuffling);
+    ``rank`` > 0 gives a data-parallel process its own."""
+    key = [seed, purpose] if rank == 0 else [seed, purpose, rank]
+    state = np.random.SeedSequence(key).generate_state(2, np.uint32)
     return int(state[0]) << 32 | int(state[1])
 
 
@@ -56,6 +58,22 @@ class _Buffers:
             a = np.empty(max(n, 1), dtype=dtype)
             self._arrays[name] = a
         return a[:n]
+
+
+def _count_anchors(items, skips, pos, tau, variant) -> int:
+    """Rows (B,T) that enter the contrastive mean, by the kernel's own rule.
+
+    The rule reads only items, skips and pos, so zero queries against a
+    one-wide zero table count the anchors at a small cost (no gradient:
+    scale 0, no rowset)."""
+    B, S = items.shape
+    if B == 0:
+        return 0
+    q = np.zeros((B, S - 1, 1), np.float32)
+    table = np.zeros((int(items.max()) + 1, 1), np.float32)
+    _, n = _core.infonce(q, table, items, skips, tau, variant, 0.0, np.zeros_like(q),
+                         table, None, pos)
+    return int(n)
 
 
 def _check_int(name, value, low=1, high=2**31 - 1):
@@ -119,6 +137,9 @@ class SequentialRecommender:
     """
 
     kind = ""
+
+    # data-parallel hook (nfcl.distributed): None trains in this process alone
+    _parallel = None
 
     def __init__(self, config: dict, item_keys=None):
         n_items = config["n_items"]
@@ -204,16 +225,24 @@ class SequentialRecommender:
         _, n_acts, _ = self._sizes(B, T)
         acts = self._buf.get("acts", n_acts)
         q = self._buf.get("q", B * T * self.dim).reshape(B, T, self.dim)
-        _core.enc_forward(self._cfg, self.params, acts, items, q,
-                         _derive_seed(self.config["seed"], 1), step, train)
+        _core.enc_forward(self._cfg, self.params, acts, items, q, self._dropout_seed,
+                         step, train)
         return q
+
+    @property
+    def _dropout_seed(self) -> int:
+        """Seed of the dropout masks. A mask is keyed by the element's place in
+        the batch, so each data-parallel process draws its own: the same row
+        slot on two processes would otherwise share one mask."""
+        rank = 0 if self._parallel is None else self._parallel.rank
+        return _derive_seed(self.config["seed"], 1, rank)
 
     def _backward(self, items, dq, step, grads, rowset) -> None:
         B, T = items.shape
         _, n_acts, n_scratch = self._sizes(B, T)
         _core.enc_backward(self._cfg, self.params, grads, self._buf.get("acts", n_acts),
                           self._buf.get("scratch", n_scratch), items, dq,
-                          _derive_seed(self.config["seed"], 1), step, True, rowset)
+                          self._dropout_seed, step, True, rowset)
 
     # ------------------------------------------------------------------
     # training
@@ -239,23 +268,55 @@ class SequentialRecommender:
 
     def _train_step(self, items_ext, skips, *, lr, w, tau, variant, loss, n_neg,
                     clip, weight_decay) -> dict:
-        """One optimizer step on a batch of training rows (B, T+1)."""
+        """One optimizer step on a batch of training rows (B, T+1).
+
+        Data-parallel (``self._parallel`` set), every process holds the same
+        batch; the hook has each process compute the gradient of its part of
+        the rows and sums the parts, so every process takes the same step."""
         opt = self._opt
         step = opt["t"] + 1
-        V, C = self.n_items, self.dim
         width = int((items_ext > 0).sum(axis=1).max())  # drop all-padding columns
         batch = self._make_batch(np.ascontiguousarray(items_ext[:, :width]),
                                  np.ascontiguousarray(skips[:, :width]), step)
+        loss_args = dict(w=w, tau=tau, variant=variant, loss=loss, n_neg=n_neg)
+        if self._parallel is None:
+            out = self._gradients(batch, step, **loss_args)
+        else:
+            out = self._parallel.gradients(self, batch, step, **loss_args)
+
+        # one Adam step on the gradient of the whole batch
+        gnorm = self._guarded(step, "gradient", _core.adam_step, self.params, opt["grads"],
+                              opt["m"], opt["v"], self.item_emb.shape[0], self.dim,
+                              opt["rowset"], lr, 0.9, 0.999, 1e-8, weight_decay, clip, step)
+        opt["t"] = step
+        rec, cl = out["rec"], out["cl"]
+        return dict(loss=rec + w * cl, rec=rec, cl=cl, anchors=out["anchors"], gnorm=gnorm)
+
+    def _gradients(self, batch, step, *, w, tau, variant, loss, n_neg, part=None) -> dict:
+        """Add the gradient of the batch's loss into opt["grads"], marking the
+        touched item rows in opt["rowset"]; returns the mean losses and the
+        number of contrastive anchors.
+
+        ``part``, a dict with ``lo`` and ``hi``, takes only rows lo:hi of the
+        batch and scales each loss by the part's share of the batch's mean,
+        so the gradients of the parts sum to the batch's; the negatives are
+        still drawn from the targets of the whole batch. Before any loss runs
+        it gets the counts of rows with a target and of anchors (``n_rec``,
+        ``anchors``: whole batch; ``n_rec_part``, ``anchors_part``) and
+        ``shared``: the item rows every part touches (the candidates, a slice
+        for the whole catalogue; none when the batch has no target). The
+        returned losses are then the part's own means.
+        """
+        opt = self._opt
+        V, C = self.n_items, self.dim
         inputs, targets = batch["inputs"], batch["targets"]
+        items, skips, pos = batch["cl_items"], batch["cl_skips"], batch["cl_pos"]
         B, T = inputs.shape
         grads, rowset = opt["grads"], opt["rowset"]
         emb = self._out_emb
         demb = grads[:emb.size].reshape(emb.shape)
 
-        # forward to the prediction vectors, then the next-item loss
-        q = self._forward(inputs, True, step)
-        dq = np.zeros_like(q)
-        q2, dq2 = q.reshape(B * T, C), dq.reshape(B * T, C)
+        # the next-item candidates, drawn from the targets of the whole batch
         if loss == "sampled":
             n_unique = np.unique(targets[targets > 0]).size
             n_draw = min(n_neg, V - 1 - n_unique)
@@ -264,33 +325,59 @@ class SequentialRecommender:
                 opt["seen"][:V])
         else:
             cand, tgt_idx = None, (targets - 1).astype(np.int32)
+
+        # a part: its rows, and its share of each mean
+        rec_scale, cl_scale = 1.0, w
+        if part is not None:
+            lo, hi = part["lo"], part["hi"]
+            n_rec = int(np.count_nonzero(tgt_idx >= 0))
+            tgt_idx = tgt_idx[lo * T:hi * T]
+            part.update(n_rec=n_rec, n_rec_part=int(np.count_nonzero(tgt_idx >= 0)),
+                        anchors=0, anchors_part=0,
+                        shared=(np.empty(0, np.int32) if n_rec == 0 else
+                                slice(1, V) if cand is None else cand))
+            rec_scale = part["n_rec_part"] / n_rec if n_rec else 0.0
+            if w > 0:
+                part["anchors"] = _count_anchors(items, skips, pos, tau, variant)
+                items, skips = items[lo:hi], skips[lo:hi]
+                pos = None if pos is None else pos[lo:hi]
+                part["anchors_part"] = _count_anchors(items, skips, pos, tau, variant)
+                if part["anchors"]:
+                    cl_scale = w * (part["anchors_part"] / part["anchors"])
+            inputs, B = inputs[lo:hi], hi - lo
+            if B == 0:
+                return dict(rec=0.0, cl=0.0, anchors=0)
+
+        # forward to the prediction vectors, then the next-item loss
+        q = self._forward(inputs, True, step)
+        dq = np.zeros_like(q)
+        q2, dq2 = q.reshape(B * T, C), dq.reshape(B * T, C)
         # score only the rows that have a target (padding and, for BERT4Rec,
         # unmasked positions have none): their logits would be thrown away
         rows = np.flatnonzero(tgt_idx >= 0)
         if rows.size < tgt_idx.size:
             q_rows, dq_rows = q2[rows], np.zeros((rows.size, C), np.float32)
             rec = self._guarded(step, "next-item loss", _core.softmax_xent, q_rows, emb,
-                                cand, np.ascontiguousarray(tgt_idx[rows]), 1.0, dq_rows,
-                                demb, rowset) if rows.size else 0.0
+                                cand, np.ascontiguousarray(tgt_idx[rows]), rec_scale,
+                                dq_rows, demb, rowset) if rows.size else 0.0
             dq2[rows] += dq_rows
         else:
             rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
-                                tgt_idx, 1.0, dq2, demb, rowset)
+                                tgt_idx, rec_scale, dq2, demb, rowset)
 
         # the skip-aware contrastive term, weighted by w
         cl, n_anchors = 0.0, 0
         if w > 0:
             cl, n_anchors = self._guarded(
-                step, "contrastive loss", _core.infonce, q, emb, batch["cl_items"],
-                batch["cl_skips"], tau, variant, w, dq, demb, rowset, batch["cl_pos"])
+                step, "contrastive loss", _core.infonce, q, emb, items, skips, tau,
+                variant, cl_scale, dq, demb, rowset, pos)
 
-        # backward through the encoder and one Adam step
+        # backward through the encoder
         self._backward(inputs, dq, step, grads, rowset)
-        gnorm = self._guarded(step, "gradient", _core.adam_step, self.params, grads,
-                              opt["m"], opt["v"], self.item_emb.shape[0], C, rowset, lr,
-                              0.9, 0.999, 1e-8, weight_decay, clip, step)
-        opt["t"] = step
-        return dict(loss=rec + w * cl, rec=rec, cl=cl, anchors=n_anchors, gnorm=gnorm)
+        if part is not None and w > 0 and n_anchors != part["anchors_part"]:
+            raise NfclError(f"step {step}: the contrastive term counted {n_anchors} "
+                            f"anchors, the part's count was {part['anchors_part']}")
+        return dict(rec=rec, cl=cl, anchors=n_anchors)
 
     def _guarded(self, step, term, kernel, *args):
         """Run a loss or optimizer kernel; a NaN or inf stops training cleanly.
@@ -350,6 +437,10 @@ class SequentialRecommender:
                 and weight_decay >= 0):
             raise InputError(f"weight_decay must be a finite number >= 0, got "
                              f"{weight_decay!r}")
+        par = self._parallel  # data-parallel: the first process shows and writes
+        root = par is None or par.rank == 0
+        if par is not None:
+            par.begin_fit(self, train, w=float(w), contrastive=contrastive)
         if self._opt is None:
             self._init_optimizer()
         variant = CONTRASTIVE_VARIANTS[contrastive]
@@ -363,8 +454,8 @@ class SequentialRecommender:
         if resume:
             best, best_params = ckpt.restore()
         shuffle_seed = _derive_seed(self.config["seed"], 3)
-        bar = tqdm(total=epochs, desc=f"{type(self).__name__} w={w:g}", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=epochs, desc=f"{type(self).__name__} w={w:g}",
+                   disable=not (progress and root), leave=False)
         for _ in range(epochs):
             epoch = self._opt["epoch"]
             rng = np.random.default_rng([shuffle_seed, epoch])
@@ -387,7 +478,7 @@ class SequentialRecommender:
                     best, best_params = row["valid:MRR@10"], self.params.copy()
             self._opt["epoch"] = epoch + 1
             self.history.append(row)
-            if ckpt is not None:
+            if ckpt is not None and root:
                 ckpt.save(best, best_params)
             log.info("epoch %d %s", epoch + 1,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
@@ -503,24 +594,41 @@ class SequentialRecommender:
             protocols = (protocols,)
         seed = _check_int("seed", seed, 0, 2**63 - 1)
         n_neg = _check_int("n_neg", n_neg, 0)
+        for protocol in protocols:
+            MetricAccumulator(protocol, ks=ks)  # refuses a bad protocol type or ks
+            if protocol not in ("full", "sampled"):
+                raise InputError(f"unknown protocol {protocol!r}; use 'full' or 'sampled'")
+        if self._parallel is not None:
+            return self._parallel.evaluate(self, examples, protocols, seed, n_neg, ks)
         q = self.predict_vectors(examples)
         targets = np.ascontiguousarray(examples.targets, dtype=np.int32)
         out = {}
         for protocol in protocols:
             acc = MetricAccumulator(protocol, ks=ks)
-            if protocol == "full":
-                greater, ties = _core.rank_targets(q, self._out_emb, None, targets)
-                acc.update(greater, ties, examples.target_skips)
-            elif protocol == "sampled":
-                for start, stop, cand in sampled_candidates(targets, self.n_items, seed,
-                                                            n_neg=n_neg):
-                    greater, ties = _core.rank_targets(
-                        np.ascontiguousarray(q[start:stop]), self._out_emb, cand,
-                        targets[start:stop])
-                    acc.update(greater, ties, examples.target_skips[start:stop])
-            else:
-                raise InputError(f"unknown protocol {protocol!r}; use 'full' or 'sampled'")
+            for start, stop, greater, ties in self._rank_counts(q, targets, protocol,
+                                                                seed, n_neg):
+                acc.update(greater, ties, examples.target_skips[start:stop])
             out.update(acc.result())
+        return out
+
+    def _rank_counts(self, q, targets, protocol, seed, n_neg, first=0) -> list:
+        """The targets' rank counts in the pieces the metrics add up, as
+        [(start, stop, greater, ties)]: one piece for "full", one per group of
+        64 examples for "sampled". ``first``, a multiple of 64, is the place of
+        q[0] among all the examples, so a slice gets its groups' candidates.
+
+        Shapes: q (N,C), targets (N,) int32."""
+        if protocol == "full":
+            greater, ties = _core.rank_targets(q, self._out_emb, None, targets)
+            return [(0, len(targets), greater, ties)]
+        if first % 64:
+            raise InputError(f"first={first} must be a multiple of the group size 64")
+        out = []
+        for start, stop, cand in sampled_candidates(targets, self.n_items, seed, n_neg=n_neg,
+                                                    group=64, first_group=first // 64):
+            greater, ties = _core.rank_targets(np.ascontiguousarray(q[start:stop]),
+                                               self._out_emb, cand, targets[start:stop])
+            out.append((start, stop, greater, ties))
         return out
 
     # ------------------------------------------------------------------
