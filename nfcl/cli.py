@@ -3,6 +3,10 @@
 With no options, ``nfcl run`` trains SASRec with and without the skip-aware
 term on the bundled listening history, over three seeds, prints one table and
 writes results.json, runs.csv and comparison.png to ./nfcl-results.
+
+Under an MPI launcher (``mpirun -n 4 nfcl run ...``) the processes train and
+evaluate every model data-parallel (nfcl.distributed); rank 0 prints and
+writes the outputs.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 
 from . import experiment, io, sessions
 from ._runtime import set_num_threads
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = r.add_argument_group("output")
     o.add_argument("--out", default="nfcl-results", help="output folder")
     o.add_argument("--no-progress", action="store_true")
+    _shard_parser(sub)
     return p
 
 
@@ -97,13 +103,16 @@ def check_args(args) -> None:
         if value is not None and value < 1:
             raise NfclError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     os.makedirs(args.out, exist_ok=True)
-    probe = os.path.join(args.out, ".nfcl-write-test")
+    probe = os.path.join(args.out, f".nfcl-write-test-{os.getpid()}")
     with open(probe, "w") as f:
         f.write("ok")
     os.remove(probe)
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, root=True) -> int:
+    """The experiment; ``root`` False (an MPI rank but the first) prints and
+    writes nothing."""
+    say = print if root else (lambda *a, **k: None)
     check_args(args)
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -112,12 +121,12 @@ def cmd_run(args) -> int:
     split_fn = (sessions.leave_last_out if args.split == "leave-last-out"
                 else sessions.temporal_split)
     split = split_fn(data, max_len=args.max_len)
-    print(f"data: {data.source or 'bundled example'}: {data.n_sessions} sessions, "
-          f"{data.items.size} plays, {data.n_items - 1} items, skip rate "
-          f"{data.skip_rate:.1%}; split {args.split}: {len(split.test.targets)} test "
-          f"examples")
+    say(f"data: {data.source or 'bundled example'}: {data.n_sessions} sessions, "
+        f"{data.items.size} plays, {data.n_items - 1} items, skip rate "
+        f"{data.skip_rate:.1%}; split {args.split}: {len(split.test.targets)} test "
+        f"examples")
     if data.dropped:
-        print("dropped rows: " + ", ".join(f"{k}={v}" for k, v in data.dropped.items()))
+        say("dropped rows: " + ", ".join(f"{k}={v}" for k, v in data.dropped.items()))
     fit_kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   tau=args.tau, loss=args.loss, n_neg=args.n_neg)
     names = list(experiment.MODELS) if args.model == "all" else [args.model]
@@ -131,8 +140,10 @@ def cmd_run(args) -> int:
     wall = time.perf_counter() - t0
     summaries = {f"{m}/{p}": experiment.summarize([r for r in rows if r["model"] == m], p)
                  for m in names for p in ("sampled", "full")}
-    print()
-    print(experiment.format_table(rows))
+    say()
+    say(experiment.format_table(rows))
+    if not root:
+        return 0
     meta = dict(args=vars(args), data=dict(source=data.source, sessions=data.n_sessions,
                 plays=int(data.items.size), items=data.n_items - 1,
                 skip_rate=data.skip_rate, fingerprint=data.fingerprint()),
@@ -142,17 +153,93 @@ def cmd_run(args) -> int:
         [r for r in rows if r["model"] in names], os.path.join(args.out, "comparison.png"),
         title=f"base vs +skip-aware term (w={args.w}), sampled ranking, test set, "
               f"mean ± sd over {args.seeds} seeds")
-    print(f"\nwrote {paths['json']}, {paths['csv']}, {png} in {wall:.1f} s")
+    say(f"\nwrote {paths['json']}, {paths['csv']}, {png} in {wall:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# nfcl shard: out-of-core preprocessing (nfcl.shards, needs duckdb)
+
+
+def _shard_parser(sub) -> None:
+    s = sub.add_parser("shard", help="preprocess logs larger than memory into "
+                       "memory-mapped training shards (needs duckdb)")
+    s.add_argument("inputs", nargs="+",
+                   help="CSV files (.csv, .csv.gz), glob patterns ('logs/*.csv') or folders")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--format", default="auto", choices=["auto", "mssd", "events"],
+                   help="auto: MSSD columns or else a user,item,timestamp,skip table")
+    s.add_argument("--skip-level", type=int, default=2, help="MSSD: skip_1+2+3 needed")
+    s.add_argument("--user-col", default="user_id", help="events: '' for one user 'me'")
+    s.add_argument("--item-col", default="item_id")
+    s.add_argument("--time-col", default="timestamp")
+    s.add_argument("--skip-col", default="skip")
+    s.add_argument("--session-col", default=None, help="events: session ids (no gap rule)")
+    s.add_argument("--gap-minutes", type=float, default=30.0)
+    s.add_argument("--max-len", type=int, default=20)
+    s.add_argument("--min-len", type=int, default=6)
+    s.add_argument("--no-filter", action="store_true",
+                   help="keep sessions of any length and without skips")
+    s.add_argument("--shard-events", type=int, default=1 << 22, help="plays per shard")
+    s.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--tmp-dir", default=None, help="spill folder (default: in the output)")
+    s.add_argument("--overwrite", action="store_true")
+
+
+def cmd_shard(args) -> int:
+    from . import shards
+
+    files = shards.input_files(args.inputs)
+    fmt = io.sniff_format(files[0]) if args.format == "auto" else args.format
+    if fmt not in ("mssd", "events"):
+        raise NfclError(f"{files[0]}: nfcl shard reads MSSD or user,item,timestamp,skip "
+                        f"CSV files, this looks like {fmt}")
+    kw = dict(max_len=args.max_len, min_len=None if args.no_filter else args.min_len,
+              require_skip=not args.no_filter, shard_events=args.shard_events,
+              memory_limit=args.memory_limit, threads=args.threads,
+              tmp_dir=args.tmp_dir, overwrite=args.overwrite)
+    try:
+        if fmt == "mssd":
+            m = shards.shard_mssd(files, args.out, skip_level=args.skip_level, **kw)
+        else:
+            m = shards.shard_events(files, args.out, user=args.user_col or None,
+                                    item=args.item_col, time=args.time_col,
+                                    skip=args.skip_col, session=args.session_col,
+                                    gap_minutes=args.gap_minutes, **kw)
+    except ImportError as e:
+        raise NfclError(str(e)) from None
+    print(f"wrote {len(m['shards'])} shards to {args.out}: {m['n_sessions']} sessions, "
+          f"{m['n_events']} plays, {m['n_items'] - 1} items, {m['input']['rows']} rows "
+          f"read in {m['seconds']['total']:.1f} s")
+    print("dropped rows: " + ", ".join(f"{k}={v}" for k, v in m["dropped"].items()))
+    print(f"fingerprint {m['fingerprint']}")
     return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    comm = None
     try:
+        if args.command == "shard":
+            return cmd_shard(args)
         if args.command == "run":
-            return cmd_run(args)
+            from . import distributed  # imports mpi4py only under an MPI launcher
+            comm = distributed.launched()
+            if comm is None:
+                return cmd_run(args)
+            with distributed.data_parallel(comm):
+                return cmd_run(args, root=comm.Get_rank() == 0)
     except (NfclError, OSError, ValueError) as e:
-        print(f"nfcl: error: {e}", file=sys.stderr)
+        rank = "" if comm is None else f" (rank {comm.Get_rank()})"
+        print(f"nfcl: error{rank}: {e}", file=sys.stderr, flush=True)
+        if comm is not None:  # the other ranks may be waiting in a collective
+            comm.Abort(2)
         return 2
+    except BaseException:
+        if comm is None:
+            raise
+        traceback.print_exc()  # and end every rank, as for the errors above
+        comm.Abort(1)
     return 1
