@@ -144,18 +144,29 @@ class DataParallel:
     # ------------------------------------------------------------------
     # training
 
-    def begin_fit(self, model, train, *, w, contrastive) -> None:
+    def begin_fit(self, model, train, *, w, contrastive, fit_args=None) -> None:
         """Refuse what data-parallel fit cannot do, before any step.
 
         Raises:
             InputError: contrastive="reference" with w > 0 (its negatives pair
-            rows across the whole batch by index); the ranks hold different
-            models, optimizer states or training data.
+            rows across the whole batch by index); the ranks were given
+            different fit arguments (epochs, batch size, w, ...: they would
+            run different step counts and wait on each other forever), or hold
+            different models, optimizer states or training data.
         """
         if w > 0 and contrastive != "ours":
             raise InputError(f"contrastive={contrastive!r} is not available in data-parallel "
                              "training: its negatives come from another row of the batch "
                              "by index, which may sit on another rank; use 'ours'")
+        args = json.dumps(fit_args or {}, sort_keys=True, default=str)
+        every = self.comm.allgather(args)
+        odd = [r for r, a in enumerate(every) if a != every[0]]
+        if odd:
+            mine, first = json.loads(every[odd[0]]), json.loads(every[0])
+            names = sorted(k for k in set(mine) | set(first) if mine.get(k) != first.get(k))
+            raise InputError(f"rank {odd[0]} was given other fit arguments than rank 0 "
+                             f"({', '.join(f'{k}: {mine.get(k)!r} vs {first.get(k)!r}' for k in names)}); "
+                             "every rank must call fit with the same arguments")
         h = hashlib.sha256(json.dumps(model.config, sort_keys=True).encode())
         h.update(model.params.tobytes())
         h.update(train.fingerprint().encode())

@@ -440,7 +440,11 @@ class SequentialRecommender:
         par = self._parallel  # data-parallel: the first process shows and writes
         root = par is None or par.rank == 0
         if par is not None:
-            par.begin_fit(self, train, w=float(w), contrastive=contrastive)
+            par.begin_fit(self, train, w=float(w), contrastive=contrastive, fit_args=dict(
+                epochs=epochs, batch_size=batch_size, lr=lr, w=w, tau=tau,
+                contrastive=contrastive, loss=loss, n_neg=n_neg, clip=clip,
+                weight_decay=weight_decay, restore_best=restore_best, eval_seed=eval_seed,
+                valid=None if valid is None else len(valid.targets), resume=resume))
         if self._opt is None:
             self._init_optimizer()
         variant = CONTRASTIVE_VARIANTS[contrastive]
@@ -550,11 +554,18 @@ class SequentialRecommender:
             items = np.ascontiguousarray(inputs[s:s + batch_size, :T], dtype=np.int32)
             q = self._forward(items, False, 0)
             out[s:s + len(lens)] = q[np.arange(len(lens)), lens - 1]
+        if not np.isfinite(out).all():
+            raise FloatingPointError("the prediction vectors hold NaN or inf: the model's "
+                                     "weights are not finite (see set_weights / load)")
         return out
 
     def score(self, sequences) -> np.ndarray:
         """Scores of every item after each sequence, (N, n_items); padding is -inf."""
-        scores = self.predict_vectors(sequences) @ self._out_emb.T
+        q = self.predict_vectors(sequences)
+        emb = self._out_emb
+        if not np.isfinite(emb).all():
+            raise FloatingPointError("the item table holds NaN or inf values")
+        scores = q @ emb.T
         scores[:, 0] = -np.inf
         return scores
 

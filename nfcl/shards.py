@@ -570,9 +570,9 @@ class _Build:
         duckdb = _import_duckdb()
         self.duckdb = duckdb
         self.files = files
-        self.out = Path(out_dir)
+        self.final = Path(out_dir)
         self._prepare_out(overwrite)
-        parent = Path(tmp_dir) if tmp_dir is not None else self.out
+        parent = Path(tmp_dir) if tmp_dir is not None else self.final
         parent.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=".nfcl-shard-", dir=parent))
         (self.work / "spill").mkdir()
@@ -589,20 +589,44 @@ class _Build:
         self._t = time.perf_counter()
 
     def _prepare_out(self, overwrite: bool) -> None:
-        if (self.out / "manifest.json").exists() or any(self.out.glob("shard-*")):
+        """Check the output folder; the shards are written into a staging
+        folder inside it (self.out) and only moved into place by publish(),
+        so existing shards survive any failure or interrupt before that."""
+        final = self.final
+        if (final / "manifest.json").exists() or any(final.glob("shard-*")):
             if not overwrite:
                 raise InputError(
-                    f"{self.out} already holds shards; pass overwrite=True "
+                    f"{final} already holds shards; pass overwrite=True "
                     "(--overwrite) to replace them"
                 )
-            (self.out / "manifest.json").unlink(missing_ok=True)
-            for p in self.out.glob("shard-*"):
-                shutil.rmtree(p)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.created = not final.exists()
+        final.mkdir(parents=True, exist_ok=True)
+        self.out = Path(tempfile.mkdtemp(prefix=".nfcl-new-", dir=final))
+
+    def publish(self) -> None:
+        """Replace the output folder's shards by the staged ones: the old
+        manifest goes first and the new one comes last, so a reader never
+        finds a manifest whose shards are missing."""
+        final, old = self.final, Path(tempfile.mkdtemp(prefix=".nfcl-old-", dir=self.final))
+        previous = [final / "manifest.json", *final.glob("shard-*"),
+                    final / "item_keys.jsonl", final / "user_keys.jsonl"]
+        for p in previous:
+            if p.exists():
+                os.replace(p, old / p.name)
+        staged = sorted(self.out.iterdir(), key=lambda p: p.name == "manifest.json")
+        for p in staged:
+            os.replace(p, final / p.name)
+        self.out.rmdir()
+        self.out = final
+        shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         self.con.close()
         shutil.rmtree(self.work, ignore_errors=True)
+        if self.out != self.final:  # failed or interrupted before publish
+            shutil.rmtree(self.out, ignore_errors=True)
+            if self.created and not any(self.final.iterdir()):
+                self.final.rmdir()
 
     def step(self, name: str) -> None:
         """Record the seconds since the previous step, and the peak RSS so far
@@ -865,6 +889,7 @@ CREATE TABLE out AS SELECT kw.off + (e.seq - e.w) AS gidx, ikeys.id,
             json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         os.replace(tmp, self.out / "manifest.json")
+        self.publish()
         return manifest
 
 

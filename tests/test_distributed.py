@@ -204,6 +204,8 @@ def test_reference_variant_and_unequal_models_are_refused_on_every_rank(ranks2):
     for errors in ranks2[0]["refusals"]["errors"]:
         assert "contrastive='reference' is not available" in errors["reference"]
         assert "ranks [1] hold another model" in errors["other-seed"]
+        assert "rank 1 was given other fit arguments" in errors["other-epochs"]
+        assert "epochs: 2 vs 1" in errors["other-epochs"]
 
 
 # ----------------------------------------------------------------------

@@ -160,3 +160,15 @@ def test_full_softmax_and_reference_variant_train(split):
     m.fit(split.train, epochs=2, loss="full", contrastive="reference", progress=False)
     assert all(np.isfinite(h["loss"]) for h in m.history)
     assert m.history[-1]["anchors"] > 0
+
+
+def test_inference_with_non_finite_weights_raises_instead_of_returning_nan():
+    m = nfcl.SASRec(100, dim=16, heads=2, max_len=5)
+    m.weights["item_emb"][7, 0] = np.nan  # a row used by the input
+    for call in (lambda: m.score([[7, 2]]), lambda: m.predict_vectors([[7, 2]])):
+        with pytest.raises(FloatingPointError, match="NaN or inf"):
+            call()
+    m.weights["item_emb"][7, 0] = 0.0
+    m.weights["item_emb"][50, 1] = np.inf  # a row only scored, never read
+    with pytest.raises(FloatingPointError, match="item table"):
+        m.score([[1, 2]])

@@ -558,6 +558,17 @@ def test_arguments_and_overwrite(tmp_path):
         shard_mssd(paths, tmp_path / "out")
     shard_mssd(paths, tmp_path / "out", overwrite=True, max_len=4, min_len=None)
     assert_same(tmp_path / "out", load_mssd(paths, max_len=4, min_len=None))
+
+    # a failed overwrite leaves the shards that were there, and no staging
+    bad = tmp_path / "bad.csv"
+    bad.write_text("session_id,session_position\nx,notanumber\n")
+    with pytest.raises(DataError):
+        shard_mssd([bad], tmp_path / "out", overwrite=True)
+    assert_same(tmp_path / "out", load_mssd(paths, max_len=4, min_len=None))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".nfcl")]
+    with pytest.raises(DataError):  # a new folder that fails is not left behind
+        shard_mssd([bad], tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     for bad in (
         {"shard_events": 0},
         {"memory_limit": "lots"},
