@@ -198,12 +198,14 @@ QUICK_MODEL_KW = {"sasrec": dict(dim=16, heads=1, layers=1),
 
 def run_cell(store, split, *, dataset, fingerprint, model="sasrec", variant="base",
              seed=0, w=0.5, tau=0.1, model_kw=None, fit_kw=None, eval_seed=0,
-             truth=None, recompute=False, extra=None) -> dict:
+             truth=None, breakdown=None, recompute=False, extra=None) -> dict:
     """Train and evaluate one (model, variant, seed) cell, or reuse its stored row.
 
     ``variant`` is "base" (w=0), "+term" (weight ``w``, our InfoNCE) or
     "+term-reference" (weight ``w``, the published code's behaviour).
-    ``truth(model, split) -> float`` adds a ground-truth metric ("true:aff@10").
+    ``truth(model, split) -> float`` adds a ground-truth metric ("true:aff@10");
+    ``breakdown(model, split) -> dict`` adds further metrics (for example the
+    test metrics of each listener of a pooled data set).
     Returns the store row (with ``reused``).
     """
     if model not in MODELS:
@@ -228,6 +230,8 @@ def run_cell(store, split, *, dataset, fingerprint, model="sasrec", variant="bas
             metrics["mostpop:" + k] = v
         if truth is not None:
             metrics["true:aff@10"] = float(truth(m, split))
+        if breakdown is not None:
+            metrics.update(breakdown(m, split))
         info = dict(loss=[h["loss"] for h in m.history], rec=[h["rec"] for h in m.history],
                     n_test=len(split.test.targets), n_train=int(split.train.n_events),
                     skip_rate=float(split.train.skip_rate),

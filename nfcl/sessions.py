@@ -530,6 +530,57 @@ def most_recent(sessions: Sessions, max_events: int) -> Sessions:
     return kept
 
 
+def concat(parts: list, user_keys: list | None = None) -> Sessions:
+    """Several Sessions as one: sessions in the order given, item ids
+    renumbered over the union of item keys (sorted, as everywhere), users
+    kept apart (``user_keys`` names them, default: each part's own keys).
+
+    Used to pool listeners into one training set while knowing, through
+    ``users``, whose session is whose.
+    """
+    if not parts:
+        raise InputError("concat: no Sessions given")
+    keys = sorted(set().union(*(p.item_keys[1:] for p in parts)))
+    index = {k: i + 1 for i, k in enumerate(keys)}
+    items, skips, times, offsets, users, names, dropped = [], [], [], [], [], [], {}
+    n_events, n_users = 0, 0
+    for p in parts:
+        remap = np.array([0] + [index[k] for k in p.item_keys[1:]], dtype=np.int32)
+        items.append(remap[p.items])
+        skips.append(p.skips)
+        times.append(p.times)
+        offsets.append(p.offsets[1:] + n_events)
+        users.append(p.users + n_users)
+        names += list(p.user_keys)
+        n_events += p.n_events
+        n_users += len(p.user_keys)
+        for k, v in p.dropped.items():
+            dropped[k] = dropped.get(k, 0) + v
+    if user_keys is not None and len(user_keys) != n_users:
+        raise InputError(f"concat: {len(user_keys)} user_keys for {n_users} users")
+    return Sessions(items=np.concatenate(items), skips=np.concatenate(skips),
+                    times=np.concatenate(times),
+                    offsets=np.concatenate([[0], *offsets]).astype(np.int64),
+                    users=np.concatenate(users).astype(np.int32),
+                    item_keys=[PAD_KEY] + keys,
+                    user_keys=list(user_keys) if user_keys is not None else names,
+                    dropped=dropped, source="+".join(p.source for p in parts))
+
+
+def subset(examples: Examples, mask) -> Examples:
+    """The examples where ``mask`` (M,) is true, e.g. one listener's."""
+    mask = np.asarray(mask, bool)
+    if mask.shape != examples.targets.shape:
+        raise InputError(f"subset: mask has shape {mask.shape}, expected "
+                         f"{examples.targets.shape}")
+    return Examples(inputs=examples.inputs[mask], lengths=examples.lengths[mask],
+                    targets=examples.targets[mask],
+                    target_skips=examples.target_skips[mask],
+                    session=examples.session[mask],
+                    input_skips=None if examples.input_skips is None
+                    else examples.input_skips[mask])
+
+
 def _examples(ses: Sessions, tgt, first, sess, max_len: int) -> Examples:
     """Examples predicting event tgt[m] from the up to max_len events before it,
     none before event first[m] (its session's first)."""

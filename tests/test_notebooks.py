@@ -42,6 +42,16 @@ def _fake_store(path):
                 rows.append(dict(key=f"{ds}{variant}{seed}", dataset=ds, model="sasrec",
                                  variant=variant, seed=seed, skip_rate=rate, metrics=m,
                                  info={"loss": [2.0, 1.0]}, seconds=1.0))
+    for variant, gain in (("base", 0.0), ("+term", 0.02)):  # pooled, by listener
+        for seed in (0, 1):
+            m = {"sampled:HR@10": 0.2 + gain, "sampled:MRR@10": 0.1,
+                 "sampled:Skip-MRR@10": 0.05}
+            for u, rate in (("u01", 0.1), ("u02", 0.3), ("u03", 0.5)):
+                m[f"by:{u}:sampled:HR@10"] = 0.2 + gain * rate * 10 + 0.01 * seed
+                m[f"by:{u}:skip_rate"] = rate
+            rows.append(dict(key=f"pooled{variant}{seed}", dataset="pooled", model="sasrec",
+                             variant=variant, seed=seed, skip_rate=0.3, metrics=m,
+                             info={"loss": [2.0, 1.0]}, seconds=1.0))
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -67,3 +77,4 @@ def test_gains_vs_skip_rate(tmp_path):
     assert png.stat().st_size > 1000
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "listener:u01" in text and "Error" not in text
+    assert "pooled SASRec: slope" in text or "u03" in text

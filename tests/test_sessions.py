@@ -9,7 +9,9 @@ from nfcl.sessions import (
     Sessions,
     from_events,
     leave_last_out,
+    concat,
     most_recent,
+    subset,
     temporal_split,
     training_batches,
 )
@@ -340,3 +342,22 @@ def test_most_recent_keeps_latest_whole_sessions_and_renumbers_items():
     assert sorted(set(r.items.tolist())) == list(range(1, r.n_items))
     with pytest.raises(InputError, match="last session alone"):
         most_recent(s, int(s.lengths[-1]) - 1)
+
+
+def test_concat_pools_users_and_renumbers_items_by_sorted_key():
+    rng = np.random.default_rng(4)
+    a = from_events(*_random_events(rng, n_users=2, n_keys=10), **OFF)
+    b = from_events(*_random_events(rng, n_users=3, n_keys=25), **OFF)
+    ab = concat([a, b], user_keys=["a0", "a1", "b0", "b1", "b2"])
+    assert ab.n_sessions == a.n_sessions + b.n_sessions
+    assert ab.item_keys == [PAD_KEY] + sorted(set(a.item_keys[1:]) | set(b.item_keys[1:]))
+    got = _sessions_as_lists(ab)
+    want = [(("a" if i < a.n_sessions else "b") + u[-1], keys, sk)
+            for i, (u, keys, sk) in enumerate(_sessions_as_lists(a) + _sessions_as_lists(b))]
+    assert got == want
+    split = leave_last_out(ab, max_len=5)
+    mask = ab.users[split.test.session] >= 2  # the b listeners
+    sub = subset(split.test, mask)
+    assert len(sub.targets) == mask.sum() and np.all(ab.users[sub.session] >= 2)
+    with pytest.raises(InputError):
+        concat([])
