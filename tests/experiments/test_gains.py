@@ -34,10 +34,7 @@ def dataset(name: str):
     if kind == "bundled":
         data = io.load_example(skip_rule=arg or "under30s", max_len=MAX_LEN)
     elif kind == "listener":
-        path = HIST[arg]
-        data = io.load_spotify(path, skip_rule="under30s", max_len=MAX_LEN)
-        if data.n_events > LISTENER_MAX_EVENTS:
-            data = sessions.most_recent(data, LISTENER_MAX_EVENTS)
+        data = _listener(arg)
     elif kind == "sim":
         sim = ListeningSimulator(skip_rate=float(arg), seed=0)
         data = sim.sessions()
@@ -162,9 +159,14 @@ def test_pooled_listeners(store, recompute, model, variant, seed):
 @functools.lru_cache(maxsize=None)
 def _pooled_sessions():
     """Every listener's (capped) history in one Sessions, users = listeners."""
-    parts = []
-    for stem in sorted(HIST):
-        d = io.load_spotify(HIST[stem], skip_rule="under30s", max_len=MAX_LEN)
-        parts.append(sessions.most_recent(d, LISTENER_MAX_EVENTS)
-                     if d.n_events > LISTENER_MAX_EVENTS else d)
-    return sessions.concat(parts, user_keys=sorted(HIST))
+    return sessions.concat([_listener(stem) for stem in sorted(HIST)],
+                           user_keys=sorted(HIST))
+
+
+@functools.lru_cache(maxsize=None)
+def _listener(stem: str):
+    """One listener's history, cut to their latest LISTENER_MAX_EVENTS plays."""
+    data = io.load_spotify(HIST[stem], skip_rule="under30s", max_len=MAX_LEN)
+    if data.n_events > LISTENER_MAX_EVENTS:
+        data = sessions.most_recent(data, LISTENER_MAX_EVENTS)
+    return data
