@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "blas.h"
 #include "fastmath.h"
 #include "nfcl.h"
 
@@ -342,12 +343,13 @@ static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset *
     return 1;
 }
 
-/* run a core function without the GIL, in the core's float mode */
+/* run a core function without the GIL, in the core's float mode on every
+ * thread it may use (nfcl.h: nfcl_pool_fp_fast) */
 #define CALL_C(status, expr)                 \
     Py_BEGIN_ALLOW_THREADS                   \
-    unsigned fp_mode_ = nfcl_fp_fast();      \
+    nfcl_pool_fp_fast();                     \
     status = (expr);                         \
-    nfcl_fp_restore(fp_mode_);               \
+    nfcl_pool_fp_restore();                  \
     Py_END_ALLOW_THREADS
 
 /* ---------------------------------------------------------------------- */
@@ -796,6 +798,42 @@ static PyObject *py_trunc_normal(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* the core's matrix product, exposed so tests can check its row and K
+ * splits against NumPy: c = alpha op(a) op(b) + beta c */
+static PyObject *py_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *a_obj, *b_obj, *c_obj;
+    int ta, tb;
+    float alpha, beta;
+    if (!PyArg_ParseTuple(args, "OOOppff", &a_obj, &b_obj, &c_obj, &ta, &tb, &alpha,
+                          &beta)) return NULL;
+    npy_intp as[2] = {ANY, ANY}, bs[2] = {ANY, ANY}, cs[2] = {ANY, ANY};
+    float *a = check_array(a_obj, "a", NPY_FLOAT32, 2, as, 0);
+    if (a == NULL) return NULL;
+    float *b = check_array(b_obj, "b", NPY_FLOAT32, 2, bs, 0);
+    if (b == NULL) return NULL;
+    float *c = check_array(c_obj, "c", NPY_FLOAT32, 2, cs, 1);
+    if (c == NULL) return NULL;
+    npy_intp M = ta ? as[1] : as[0], K = ta ? as[0] : as[1];
+    npy_intp N = tb ? bs[0] : bs[1], Kb = tb ? bs[1] : bs[0];
+    if (Kb != K || cs[0] != M || cs[1] != N) {
+        return PyErr_Format(PyExc_ValueError, "matmul: op(a) is (%zd,%zd), op(b) (%zd,%zd) "
+                            "and c (%zd,%zd); they do not chain", (Py_ssize_t)M,
+                            (Py_ssize_t)K, (Py_ssize_t)Kb, (Py_ssize_t)N,
+                            (Py_ssize_t)cs[0], (Py_ssize_t)cs[1]);
+    }
+    if (!nfcl_fits_blas(M, N, K) || !nfcl_fits_blas(as[1], bs[1], cs[1])) {
+        return PyErr_Format(PyExc_ValueError, "matmul: a size exceeds 2^31 - 1");
+    }
+    if (K == 0) {
+        return PyErr_Format(PyExc_ValueError, "matmul: the inner size K must be >= 1");
+    }
+    int status = 0;
+    CALL_C(status, (nfcl_sgemm(ta, tb, M, N, K, alpha, a, as[1], b, bs[1], beta, c, N), 0));
+    (void)status;
+    Py_RETURN_NONE;
+}
+
 /* ---------------------------------------------------------------------- */
 /* module */
 
@@ -824,6 +862,8 @@ static PyMethodDef methods[] = {
      "rank_targets(q, emb, cand, targets) -> (greater, ties)"},
     {"topk", py_topk, METH_VARARGS, "topk(q, emb, k, exclude) -> (ids, scores)"},
     {"trunc_normal", py_trunc_normal, METH_VARARGS, "trunc_normal(x, std, seed, stream)"},
+    {"matmul", py_matmul, METH_VARARGS,
+     "matmul(a, b, c, ta, tb, alpha, beta): c = alpha op(a) op(b) + beta c"},
     {"set_threads", py_set_threads, METH_VARARGS,
      "set_threads(n): the core's threads; OpenBLAS is pinned to one"},
     {"get_threads", py_get_threads, METH_NOARGS, "get_threads() -> the core's threads"},

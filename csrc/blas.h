@@ -14,8 +14,9 @@
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major.
  * op(A) is (M,K): A is (M,K) or, with ta, (K,M). op(B) is (K,N): B is (K,N)
  * or, with tb, (N,K). Leading dimensions are the stored row lengths.
- * Large products are cut into row blocks that the core's own threads share
- * (blas.c); OpenBLAS itself runs single-threaded. */
+ * Large products are cut into row blocks, or into slices of K when the
+ * output is small, that the core's own threads share (blas.c); OpenBLAS
+ * itself runs single-threaded. */
 void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                 const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc);
