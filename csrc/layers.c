@@ -32,11 +32,37 @@ void nfcl_linear_forward(float *out, const float *inp, const float *w,
     nfcl_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
 
     /* bias b (OC) on every row */
+#pragma omp parallel for schedule(static) if (N * OC >= NFCL_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         float *out_n = out + n * OC;
         for (int o = 0; o < OC; o++) {
             out_n[o] += b[o];
         }
+    }
+}
+
+/* Column sums run over strips of COL_STRIP columns, each strip held in a
+ * local accumulator and summed over the rows in row order: threads take
+ * whole strips, so no sum depends on the thread count, and no two threads
+ * write next to each other while they sum. */
+#define COL_STRIP 16
+
+void nfcl_colsum_add(float *db, const float *d, int64_t N, int C)
+{
+    int64_t n_strips = (C + COL_STRIP - 1) / COL_STRIP;
+#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
+    for (int64_t k = 0; k < n_strips; k++) {
+        int c0 = (int)(k * COL_STRIP);
+        int w = C - c0 < COL_STRIP ? C - c0 : COL_STRIP;
+        float acc[COL_STRIP];
+        memcpy(acc, db + c0, (size_t)w * sizeof(float));
+        for (int64_t n = 0; n < N; n++) {
+            const float *d_n = d + n * C + c0;
+            for (int c = 0; c < w; c++) {
+                acc[c] += d_n[c];
+            }
+        }
+        memcpy(db + c0, acc, (size_t)w * sizeof(float));
     }
 }
 
@@ -54,12 +80,7 @@ void nfcl_linear_backward(float *dinp, float *dw, float *db,
     nfcl_sgemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
 
     /* db (OC) += column sums of dout */
-    for (int64_t n = 0; n < N; n++) {
-        const float *dout_n = dout + n * OC;
-        for (int o = 0; o < OC; o++) {
-            db[o] += dout_n[o];
-        }
-    }
+    nfcl_colsum_add(db, dout, N, OC);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -127,25 +148,27 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
         }
     }
 
-    /* parameter gradients: sums over rows, in row order for every column;
-     * threads split the columns, so no sum depends on the thread count */
-#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
-    {
-        int c0 = 0, c1 = C;
-#ifdef _OPENMP
-        int k = omp_get_thread_num(), nt = omp_get_num_threads();
-        c0 = (int)((int64_t)C * k / nt);
-        c1 = (int)((int64_t)C * (k + 1) / nt);
-#endif
+    /* parameter gradients: sums over rows, in row order for every column,
+     * strip by strip as in nfcl_colsum_add */
+    int64_t n_strips = (C + COL_STRIP - 1) / COL_STRIP;
+#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
+    for (int64_t k = 0; k < n_strips; k++) {
+        int c0 = (int)(k * COL_STRIP);
+        int cw = C - c0 < COL_STRIP ? C - c0 : COL_STRIP;
+        float acc_w[COL_STRIP], acc_b[COL_STRIP];
+        memcpy(acc_w, dw + c0, (size_t)cw * sizeof(float));
+        memcpy(acc_b, db + c0, (size_t)cw * sizeof(float));
         for (int64_t n = 0; n < N; n++) {
-            const float *x = inp + n * C;
-            const float *dy = dout + n * C;
+            const float *x = inp + n * C + c0;
+            const float *dy = dout + n * C + c0;
             float m = mean[n], s = rstd[n];
-            for (int c = c0; c < c1; c++) {
-                dw[c] += dy[c] * ((x[c] - m) * s);
-                db[c] += dy[c];
+            for (int c = 0; c < cw; c++) {
+                acc_w[c] += dy[c] * ((x[c] - m) * s);
+                acc_b[c] += dy[c];
             }
         }
+        memcpy(dw + c0, acc_w, (size_t)cw * sizeof(float));
+        memcpy(db + c0, acc_b, (size_t)cw * sizeof(float));
     }
 }
 

@@ -31,6 +31,9 @@ void nfcl_linear_backward(float *dinp, float *dw, float *db,
                           const float *w, int64_t N, int IC, int OC,
                           float beta);
 
+/* db (C) += column sums of d (N,C), each summed in row order */
+void nfcl_colsum_add(float *db, const float *d, int64_t N, int C);
+
 /* ---------------------------------------------------------------------- */
 /* LayerNorm over the last axis, eps 1e-5, biased variance (as torch) */
 
