@@ -54,6 +54,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "fastmath.h"
 #include "layers.h"
 #include "nfcl.h"
 
@@ -398,28 +399,8 @@ static int check_call(const nfcl_gru_config *cfg, const void *params,
 }
 
 /* ---------------------------------------------------------------------- */
-/* gate nonlinearity */
-
-static float sigmoid(float x)
-{
-    /* exp(-x) overflows to inf for very negative x, giving exactly 0 */
-    return 1.0f / (1.0f + expf(-x));
-}
-
-/* ---------------------------------------------------------------------- */
 /* bias and embedding kernels (the linear, GELU and dropout kernels are
  * shared with the Transformer in layers.c) */
-
-/* db (OC) += column sums of d (N,OC): a bias gradient */
-static void colsum_add(float *db, const float *d, int64_t N, int OC)
-{
-    for (int64_t i = 0; i < N; i++) {
-        const float *d_i = d + i * OC;
-        for (int o = 0; o < OC; o++) {
-            db[o] += d_i[o];
-        }
-    }
-}
 
 /* x0 (N,C) = item_emb[items]; item_emb (V,C), items (N) */
 static void embed_forward(float *x0, const float *item_emb,
@@ -451,39 +432,100 @@ static void embed_backward(float *ditem, nfcl_rowset *rs, const float *dx0,
 }
 
 /* ---------------------------------------------------------------------- */
-/* the GRU cell at one position t, for every session */
+/* the GRU cell at one position t, for the sessions b0 <= b < b1 */
 
 typedef struct {
     int B, T, H;
+    int b0, b1; /* the sessions a call covers */
 } gru_dims;
+
+/* Sessions never mix in a GRU, so the recurrence runs in row blocks of the
+ * batch, each going through all positions on its own: no thread waits for
+ * another between positions. The block count depends on B alone (blocks of
+ * at least GRU_BLOCK_ROWS sessions, at most GRU_MAX_BLOCKS), so every
+ * product has the same shape whatever the thread count. */
+#define GRU_BLOCK_ROWS 32
+#define GRU_MAX_BLOCKS 4
+
+static int gru_row_blocks(int B)
+{
+    int n = B / GRU_BLOCK_ROWS;
+    return n < 1 ? 1 : n > GRU_MAX_BLOCKS ? GRU_MAX_BLOCKS : n;
+}
+
+/* One session's cell: g (G) holds a = W_ih x + b_ih on entry and r | z | n
+ * on exit; gh (G) = W_hh h_{t-1} + b_hh; hn (H) gets gh's n part; h_out
+ * (H) gets h_t from h_prev (H; read but not used when first). restrict
+ * tells gcc the rows do not overlap, so the loop vectorises. */
+static inline void cell_row_forward(float *restrict g, float *restrict hn,
+                                    float *restrict h_out,
+                                    const float *restrict gh,
+                                    const float *restrict h_prev, int first,
+                                    int real, int H)
+{
+    /* padding keeps the state but its gates are harmless */
+    for (int j = 0; j < H; j++) {
+        float r = nfcl_sigmoid(g[j] + gh[j]);
+        float z = nfcl_sigmoid(g[H + j] + gh[H + j]);
+        float n = nfcl_tanh(g[2 * H + j] + r * gh[2 * H + j]);
+        float hp_j = h_prev[j], hp = first ? 0.0f : hp_j;
+        g[j] = r;
+        g[H + j] = z;
+        g[2 * H + j] = n;
+        hn[j] = gh[2 * H + j];
+        h_out[j] = real ? (1.0f - z) * n + z * hp : hp;
+    }
+}
 
 /* gates (B,T,G) holds a = W_ih x + b_ih on entry and r | z | n on exit;
  * gh (B,G) = W_hh h_{t-1} + b_hh; hn (B,T,H) gets gh's n rows;
  * h (B,T,H) gets h_t; items (B,T) */
+NFCL_CLONES
 static void cell_forward(float *gates, float *hn, float *h, const float *gh,
                          const int32_t *items, gru_dims d, int t)
 {
     int H = d.H;
-    for (int b = 0; b < d.B; b++) {
+    for (int b = d.b0; b < d.b1; b++) {
         int64_t bt = (int64_t)b * d.T + t;
-        float *g_bt = gates + bt * 3 * H, *h_bt = h + bt * H;
-        float *hn_bt = hn + bt * H;
+        float *h_bt = h + bt * H;
         const float *gh_b = gh + (int64_t)b * 3 * H;
-        const float *hp = t > 0 ? h_bt - H : NULL; /* h_{t-1} */
-        int real = items[bt] != 0;
+        /* h_{t-1} is zero at t = 0; any readable row stands in for it */
+        const float *hp = t > 0 ? h_bt - H : gh_b;
+        cell_row_forward(gates + bt * 3 * H, hn + bt * H, h_bt, gh_b, hp,
+                         t == 0, items[bt] != 0, H);
+    }
+}
 
-        /* gate math; padding keeps the state but its gates are harmless */
-        for (int j = 0; j < H; j++) {
-            float r = sigmoid(g_bt[j] + gh_b[j]);
-            float z = sigmoid(g_bt[H + j] + gh_b[H + j]);
-            float n = tanhf(g_bt[2 * H + j] + r * gh_b[2 * H + j]);
-            float h_prev = hp != NULL ? hp[j] : 0.0f;
-            g_bt[j] = r;
-            g_bt[H + j] = z;
-            g_bt[2 * H + j] = n;
-            hn_bt[j] = gh_b[2 * H + j];
-            h_bt[j] = real ? (1.0f - z) * n + z * h_prev : h_prev;
-        }
+/* Gradient of cell_row_forward for one real session at one position:
+ * c (H) holds d(h_t) from position t+1 on entry and z * d(h_t) on exit;
+ * up (H) is d(h_t) from the layer above; dg, dgh (G) get the gradients of
+ * W_ih x + b_ih and of W_hh h_{t-1} + b_hh; g (r | z | n), hn and h_prev
+ * as the forward saw them. */
+static inline void cell_row_backward(float *restrict dg, float *restrict dgh,
+                                     float *restrict c,
+                                     const float *restrict up,
+                                     const float *restrict g,
+                                     const float *restrict hn,
+                                     const float *restrict h_prev, int first,
+                                     int H)
+{
+    for (int j = 0; j < H; j++) {
+        float r = g[j], z = g[H + j], n = g[2 * H + j];
+        float hp_j = h_prev[j], hp = first ? 0.0f : hp_j;
+        float dh = c[j] + up[j];
+
+        /* h_t = (1 - z) n + z h_{t-1} */
+        float dn = dh * (1.0f - z), dz = dh * (hp - n);
+        c[j] = dh * z;
+
+        /* n = tanh(a_n + r gh_n); r, z = sigmoid(a + gh) */
+        float dan = dn * (1.0f - n * n);
+        float dar = dan * hn[j] * r * (1.0f - r);
+        float daz = dz * z * (1.0f - z);
+        dg[j] = dgh[j] = dar;
+        dg[H + j] = dgh[H + j] = daz;
+        dg[2 * H + j] = dan;
+        dgh[2 * H + j] = dan * r;
     }
 }
 
@@ -492,16 +534,16 @@ static void cell_forward(float *gates, float *hn, float *h, const float *gh,
  * exit (the caller adds the W_hh path). dh_up (B,T,H) is d(h_t) from the
  * layer above; dg, dgh (B,T,G) get the gradients of W_ih x + b_ih and of
  * W_hh h_{t-1} + b_hh at (b,t); gates, hn, h as saved by the forward. */
+NFCL_CLONES
 static void cell_backward(float *dg, float *dgh, float *carry,
                           const float *dh_up, const float *gates,
                           const float *hn, const float *h,
                           const int32_t *items, gru_dims d, int t)
 {
     int H = d.H;
-    for (int b = 0; b < d.B; b++) {
+    for (int b = d.b0; b < d.b1; b++) {
         int64_t bt = (int64_t)b * d.T + t;
-        const float *g_bt = gates + bt * 3 * H, *hn_bt = hn + bt * H;
-        const float *up = dh_up + bt * H, *hp = t > 0 ? h + (bt - 1) * H : NULL;
+        const float *g_bt = gates + bt * 3 * H, *up = dh_up + bt * H;
         float *dg_bt = dg + bt * 3 * H, *dgh_bt = dgh + bt * 3 * H;
         float *c = carry + (int64_t)b * H;
 
@@ -514,23 +556,10 @@ static void cell_backward(float *dg, float *dgh, float *carry,
             memset(dgh_bt, 0, (size_t)3 * H * sizeof(float));
             continue;
         }
-        for (int j = 0; j < H; j++) {
-            float r = g_bt[j], z = g_bt[H + j], n = g_bt[2 * H + j];
-            float dh = c[j] + up[j], h_prev = hp != NULL ? hp[j] : 0.0f;
-
-            /* h_t = (1 - z) n + z h_{t-1} */
-            float dn = dh * (1.0f - z), dz = dh * (h_prev - n);
-            c[j] = dh * z;
-
-            /* n = tanh(a_n + r gh_n); r, z = sigmoid(a + gh) */
-            float dan = dn * (1.0f - n * n);
-            float dar = dan * hn_bt[j] * r * (1.0f - r);
-            float daz = dz * z * (1.0f - z);
-            dg_bt[j] = dgh_bt[j] = dar;
-            dg_bt[H + j] = dgh_bt[H + j] = daz;
-            dg_bt[2 * H + j] = dan;
-            dgh_bt[2 * H + j] = dan * r;
-        }
+        /* h_{t-1} is zero at t = 0; any readable row stands in for it */
+        const float *hp = t > 0 ? h + (bt - 1) * H : g_bt;
+        cell_row_backward(dg_bt, dgh_bt, c, up, g_bt, hn + bt * H, hp, t == 0,
+                          H);
     }
 }
 
@@ -541,6 +570,7 @@ static void recurrent_backward(float *dw_hh, float *db_hh, float *hprev,
                                const float *dgh, const float *h, gru_dims d)
 {
     int64_t N = (int64_t)d.B * d.T, TH = (int64_t)d.T * d.H;
+#pragma omp parallel for schedule(static) if (N * d.H >= NFCL_PAR_MIN)
     for (int64_t b = 0; b < d.B; b++) {
         memset(hprev + b * TH, 0, (size_t)d.H * sizeof(float));
         memcpy(hprev + b * TH + d.H, h + b * TH,
@@ -548,7 +578,7 @@ static void recurrent_backward(float *dw_hh, float *db_hh, float *hprev,
     }
     nfcl_sgemm(1, 0, 3 * d.H, d.H, N, 1.0f, dgh, 3 * d.H, hprev, d.H, 1.0f,
                dw_hh, d.H);
-    colsum_add(db_hh, dgh, N, 3 * d.H);
+    nfcl_colsum_add(db_hh, dgh, N, 3 * d.H);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -560,7 +590,6 @@ static void layer_forward(const nfcl_gru_config *cfg, const float *params,
 {
     layer_params P = layer_params_at(cfg, l);
     layer_acts A = layer_acts_at(cfg, B, T, l);
-    gru_dims d = {B, T, cfg->hidden};
     int H = cfg->hidden, G = 3 * H;
     int64_t N = (int64_t)B * T;
     const float *x = acts + layer_input_at(cfg, B, T, l); /* (B,T,in) */
@@ -573,16 +602,24 @@ static void layer_forward(const nfcl_gru_config *cfg, const float *params,
 
     /* the recurrence mixes positions: step t needs h_{t-1}, so steps run
      * in order; gh (B,G) = h_{t-1} W_hh^T + b_hh with h_{-1} = 0 */
-    for (int t = 0; t < T; t++) {
-        for (int b = 0; b < B; b++) {
-            memcpy(gh + (int64_t)b * G, params + P.b_hh,
-                   (size_t)G * sizeof(float));
+    int nb = gru_row_blocks(B);
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int k = 0; k < nb; k++) {
+        unsigned fp = nfcl_fp_fast(); /* worker threads too */
+        gru_dims d = {B, T, H, B * k / nb, B * (k + 1) / nb};
+        int64_t b0 = d.b0, rows = d.b1 - d.b0;
+        for (int t = 0; t < T; t++) {
+            for (int64_t b = b0; b < d.b1; b++) {
+                memcpy(gh + b * G, params + P.b_hh, (size_t)G * sizeof(float));
+            }
+            if (t > 0) {
+                nfcl_sgemm(0, 1, rows, G, H, 1.0f,
+                           h + (b0 * T + t - 1) * H, (int64_t)T * H,
+                           params + P.w_hh, H, 1.0f, gh + b0 * G, G);
+            }
+            cell_forward(gates, acts + A.hn, h, gh, items, d, t);
         }
-        if (t > 0) {
-            nfcl_sgemm(0, 1, B, G, H, 1.0f, h + (int64_t)(t - 1) * H,
-                       (int64_t)T * H, params + P.w_hh, H, 1.0f, gh, G);
-        }
-        cell_forward(gates, acts + A.hn, h, gh, items, d, t);
+        nfcl_fp_restore(fp);
     }
 
     /* y (B,T,H) = dropout(h), the next layer's or the head's input */
@@ -601,7 +638,7 @@ static void layer_backward(const nfcl_gru_config *cfg, const float *params,
 {
     layer_params P = layer_params_at(cfg, l);
     layer_acts A = layer_acts_at(cfg, B, T, l);
-    gru_dims d = {B, T, cfg->hidden};
+    gru_dims d = {B, T, cfg->hidden, 0, B};
     int H = cfg->hidden, G = 3 * H;
     int64_t N = (int64_t)B * T, NH = N * H;
     const float *x = acts + layer_input_at(cfg, B, T, l); /* (B,T,in) */
@@ -611,17 +648,26 @@ static void layer_backward(const nfcl_gru_config *cfg, const float *params,
     nfcl_dropout_forward(s->dy, NH, dk->p, dk->seed, site_stream(dk, l),
                          0);
 
-    /* backpropagation through time, last position first; carry (B,H)
-     * gathers d(h_{t-1}) = z d(h_t) + dgh_t W_hh */
+    /* backpropagation through time, last position first, in the row
+     * blocks of the forward; carry (B,H) gathers
+     * d(h_{t-1}) = z d(h_t) + dgh_t W_hh */
     memset(s->carry, 0, (size_t)B * H * sizeof(float));
-    for (int t = T - 1; t >= 0; t--) {
-        cell_backward(s->dg, s->dgh, s->carry, s->dy, acts + A.gates,
-                      acts + A.hn, h, items, d, t);
-        if (t > 0) {
-            nfcl_sgemm(0, 0, B, H, G, 1.0f, s->dgh + (int64_t)t * G,
-                       (int64_t)T * G, params + P.w_hh, H, 1.0f, s->carry,
-                       H);
+    int nb = gru_row_blocks(B);
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int k = 0; k < nb; k++) {
+        unsigned fp = nfcl_fp_fast(); /* worker threads too */
+        gru_dims blk = {B, T, H, B * k / nb, B * (k + 1) / nb};
+        int64_t b0 = blk.b0, rows = blk.b1 - blk.b0;
+        for (int t = T - 1; t >= 0; t--) {
+            cell_backward(s->dg, s->dgh, s->carry, s->dy, acts + A.gates,
+                          acts + A.hn, h, items, blk, t);
+            if (t > 0) {
+                nfcl_sgemm(0, 0, rows, H, G, 1.0f,
+                           s->dgh + (b0 * T + t) * G, (int64_t)T * G,
+                           params + P.w_hh, H, 1.0f, s->carry + b0 * H, H);
+            }
         }
+        nfcl_fp_restore(fp);
     }
 
     /* recurrent weights and bias, all positions in one product */

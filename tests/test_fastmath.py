@@ -1,4 +1,4 @@
-"""The core's softmax exp and float mode (csrc/fastmath.h).
+"""The core's softmax exp, GRU gate functions and float mode (csrc/fastmath.h).
 
 nfcl_exp_nonpos replaces libm's exp in the softmax kernels so their loops
 vectorise; it is checked here against libm over every float it can see. The
@@ -27,6 +27,22 @@ def test_exp_is_within_one_ulp_of_libm(tmp_path):
     _, max_ulp, _, zeros_ok = out.split()
     assert float(max_ulp) < 1.0, out
     assert zeros_ok == "1", out
+
+
+def test_gru_gates_are_within_three_ulp_of_libm(tmp_path):
+    """nfcl_sigmoid and nfcl_tanh, the GRU's gate functions, against double
+    libm over 36 M floats of [-90, 90] (tests/c/gate_accuracy.c)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = tmp_path / "gate_accuracy"
+    subprocess.run(["gcc", "-std=c11", "-O2", "-fno-trapping-math", "-fno-math-errno",
+                    f"-I{ROOT / 'csrc'}", str(ROOT / "tests/c/gate_accuracy.c"), "-lm",
+                    "-o", str(exe)], check=True, capture_output=True, timeout=120)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300).stdout
+    _, sig_ulp, _, tanh_ulp, _, ends_ok = out.split()
+    assert float(sig_ulp) < 3.0, out
+    assert float(tanh_ulp) < 3.0, out
+    assert ends_ok == "1", out
 
 
 def _xent(q, emb, tgt):
