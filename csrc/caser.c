@@ -287,8 +287,9 @@ static void embed_forward(float *P, const int32_t *items, const float *emb,
                           const caser_dims *d)
 {
     int64_t C = d->C;
-    memset(P, 0, (size_t)(d->R * C) * sizeof(float));
+#pragma omp parallel for schedule(static) if (d->R * C >= NFCL_PAR_MIN)
     for (int64_t b = 0; b < d->B; b++) {
+        memset(P + b * d->S * C, 0, (size_t)(d->S * C) * sizeof(float));
         for (int64_t t = 0; t < d->T; t++) {
             int32_t id = items[b * d->T + t];
             float *P_bt = P + (b * d->S + d->W - 1 + t) * C;
@@ -330,6 +331,7 @@ static void vconv_forward(float *x, const float *P, const float *vw,
                           const float *vb, const caser_dims *d)
 {
     int64_t C = d->C, W = d->W;
+#pragma omp parallel for schedule(static) if (d->N * d->nv * C >= NFCL_PAR_MIN)
     for (int64_t b = 0; b < d->B; b++) {
         for (int64_t t = 0; t < d->T; t++) {
             const float *E = P + (b * d->S + t) * C;
@@ -358,26 +360,50 @@ static void vconv_backward(float *dP, float *dvw, float *dvb, const float *dx,
                            const float *P, const float *vw, const caser_dims *d)
 {
     int64_t C = d->C, W = d->W;
+    int par = d->N * d->nv * C >= NFCL_PAR_MIN;
+
+    /* dE: a window's rows belong to its own session, so sessions split */
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t b = 0; b < d->B; b++) {
         for (int64_t t = 0; t < d->T; t++) {
-            const float *E = P + (b * d->S + t) * C;
             float *dE = dP + (b * d->S + t) * C;
             const float *dx_bt = dx + (b * d->T + t) * d->D;
             for (int64_t f = 0; f < d->nv; f++) {
                 const float *dv_f = dx_bt + f * C;
-                for (int64_t c = 0; c < C; c++) {
-                    dvb[f] += dv_f[c];
-                }
                 for (int64_t i = 0; i < W; i++) {
-                    float w = vw[f * W + i], dw = 0.0f;
+                    float w = vw[f * W + i];
                     for (int64_t c = 0; c < C; c++) {
-                        dw += dv_f[c] * E[i * C + c];
                         dE[i * C + c] += w * dv_f[c];
                     }
-                    dvw[f * W + i] += dw;
                 }
             }
         }
+    }
+
+    /* dvw, dvb: sums over every (b,t) in order; filters split, each held
+     * in a local accumulator until its sum is done */
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t f = 0; f < d->nv; f++) {
+        float acc_w[CASER_MAX_W], acc_b = dvb[f];
+        memcpy(acc_w, dvw + f * W, (size_t)W * sizeof(float));
+        for (int64_t b = 0; b < d->B; b++) {
+            for (int64_t t = 0; t < d->T; t++) {
+                const float *E = P + (b * d->S + t) * C;
+                const float *dv_f = dx + (b * d->T + t) * d->D + f * C;
+                for (int64_t c = 0; c < C; c++) {
+                    acc_b += dv_f[c];
+                }
+                for (int64_t i = 0; i < W; i++) {
+                    float dw = 0.0f;
+                    for (int64_t c = 0; c < C; c++) {
+                        dw += dv_f[c] * E[i * C + c];
+                    }
+                    acc_w[i] += dw;
+                }
+            }
+        }
+        memcpy(dvw + f * W, acc_w, (size_t)W * sizeof(float));
+        dvb[f] = acc_b;
     }
 }
 
@@ -393,6 +419,7 @@ static void hconv_forward(float *Y, const float *P, const float *hw,
                           const float *hb, int64_t h, const caser_dims *d)
 {
     int64_t C = d->C, nh = d->nh, M = d->R - h + 1;
+#pragma omp parallel for schedule(static) if (M * nh >= NFCL_PAR_MIN)
     for (int64_t a = 0; a < M; a++) {
         memcpy(Y + a * nh, hb, (size_t)nh * sizeof(float));
     }
@@ -413,11 +440,7 @@ static void hconv_backward(float *dP, float *dhw, float *dhb, const float *dY,
                            const caser_dims *d)
 {
     int64_t C = d->C, nh = d->nh, M = d->R - h + 1;
-    for (int64_t a = 0; a < M; a++) {
-        for (int64_t f = 0; f < nh; f++) {
-            dhb[f] += dY[a * nh + f];
-        }
-    }
+    nfcl_colsum_add(dhb, dY, M, (int)nh);
     for (int64_t j = 0; j < h; j++) {
         nfcl_sgemm(1, 0, nh, C, M, 1.0f, dY, nh, P + j * C, C, 1.0f,
                    dhw + j * C, h * C);
@@ -449,6 +472,7 @@ static void pool_forward(float *x, int64_t col, const float *Y, int64_t h,
                          const caser_dims *d)
 {
     int64_t nh = d->nh, n = d->W - h + 1;
+#pragma omp parallel for schedule(static) if (d->N * nh * n >= NFCL_PAR_MIN)
     for (int64_t b = 0; b < d->B; b++) {
         for (int64_t t = 0; t < d->T; t++) {
             float *o_bt = x + (b * d->T + t) * d->D + col;
@@ -467,8 +491,10 @@ static void pool_backward(float *dY, const float *dx, int64_t col,
                           const float *Y, int64_t h, const caser_dims *d)
 {
     int64_t nh = d->nh, n = d->W - h + 1;
-    memset(dY, 0, (size_t)(d->R * nh) * sizeof(float));
+    /* a window's argmax lies in its own session's rows: sessions split */
+#pragma omp parallel for schedule(static) if (d->N * nh * n >= NFCL_PAR_MIN)
     for (int64_t b = 0; b < d->B; b++) {
+        memset(dY + b * d->S * nh, 0, (size_t)(d->S * nh) * sizeof(float));
         for (int64_t t = 0; t < d->T; t++) {
             const float *do_bt = dx + (b * d->T + t) * d->D + col;
             for (int64_t f = 0; f < nh; f++) {
@@ -532,6 +558,7 @@ int nfcl_caser_forward(const nfcl_caser_config *cfg, const float *params,
     nfcl_dropout_forward(x, d.N * d.D, drop, seed, stream, 0);
     nfcl_linear_forward(z, x, params + p.fw, params + p.fb, d.N, (int)d.D,
                         (int)d.C);
+#pragma omp parallel for schedule(static) if (d.N * d.C >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < d.N * d.C; i++) {
         z[i] = z[i] > 0.0f ? z[i] : 0.0f;
     }
@@ -573,6 +600,7 @@ int nfcl_caser_backward(const nfcl_caser_config *cfg, const float *params,
                          d.N, (int)d.C, (int)d.C, 0.0f);
 
     /* fc: z = ReLU(fc_w x + fc_b); the ReLU passes where z > 0 */
+#pragma omp parallel for schedule(static) if (d.N * d.C >= NFCL_PAR_MIN)
     for (int64_t i = 0; i < d.N * d.C; i++) {
         dz[i] = z[i] > 0.0f ? dz[i] : 0.0f;
     }
