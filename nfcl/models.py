@@ -349,18 +349,24 @@ class SequentialRecommender:
                 return dict(rec=0.0, cl=0.0, anchors=0)
 
         # forward to the prediction vectors, then the next-item loss
+        # (work arrays come from self._buf: fresh multi-MB arrays every step
+        # made the allocator grow and trim its heap each step)
         q = self._forward(inputs, True, step)
-        dq = np.zeros_like(q)
+        dq = self._buf.get("dq", q.size).reshape(q.shape)
+        dq.fill(0.0)
         q2, dq2 = q.reshape(B * T, C), dq.reshape(B * T, C)
         # score only the rows that have a target (padding and, for BERT4Rec,
         # unmasked positions have none): their logits would be thrown away
         rows = np.flatnonzero(tgt_idx >= 0)
         if rows.size < tgt_idx.size:
-            q_rows, dq_rows = q2[rows], np.zeros((rows.size, C), np.float32)
+            q_rows = np.take(q2, rows, axis=0,
+                             out=self._buf.get("q_rows", rows.size * C).reshape(-1, C))
+            dq_rows = self._buf.get("dq_rows", rows.size * C).reshape(-1, C)
+            dq_rows.fill(0.0)
             rec = self._guarded(step, "next-item loss", _core.softmax_xent, q_rows, emb,
                                 cand, np.ascontiguousarray(tgt_idx[rows]), rec_scale,
                                 dq_rows, demb, rowset) if rows.size else 0.0
-            dq2[rows] += dq_rows
+            dq2[rows] = dq_rows  # dq is still zero here; rows are distinct
         else:
             rec = self._guarded(step, "next-item loss", _core.softmax_xent, q2, emb, cand,
                                 tgt_idx, rec_scale, dq2, demb, rowset)
