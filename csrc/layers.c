@@ -41,28 +41,45 @@ void nfcl_linear_forward(float *out, const float *inp, const float *w,
     }
 }
 
-/* Column sums run over strips of COL_STRIP columns, each strip held in a
- * local accumulator and summed over the rows in row order: threads take
- * whole strips, so no sum depends on the thread count, and no two threads
- * write next to each other while they sum. */
+/* Column sums: each thread takes a range of whole 16-column strips and
+ * walks the rows in order, adding each row's slice of its range into a
+ * local accumulator (COL_CHUNK columns at a time). Every column is summed
+ * in row order whatever the thread count, and no two threads write next to
+ * each other while they sum. */
 #define COL_STRIP 16
+#define COL_CHUNK 256
+
+/* [*c0, *c1): the columns of thread k of nt, in whole strips */
+static void strip_range(int C, int k, int nt, int *c0, int *c1)
+{
+    int64_t strips = (C + COL_STRIP - 1) / COL_STRIP;
+    int64_t s0 = strips * k / nt, s1 = strips * (k + 1) / nt;
+    *c0 = (int)(s0 * COL_STRIP < C ? s0 * COL_STRIP : C);
+    *c1 = (int)(s1 * COL_STRIP < C ? s1 * COL_STRIP : C);
+}
 
 void nfcl_colsum_add(float *db, const float *d, int64_t N, int C)
 {
-    int64_t n_strips = (C + COL_STRIP - 1) / COL_STRIP;
-#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
-    for (int64_t k = 0; k < n_strips; k++) {
-        int c0 = (int)(k * COL_STRIP);
-        int w = C - c0 < COL_STRIP ? C - c0 : COL_STRIP;
-        float acc[COL_STRIP];
-        memcpy(acc, db + c0, (size_t)w * sizeof(float));
-        for (int64_t n = 0; n < N; n++) {
-            const float *d_n = d + n * C + c0;
-            for (int c = 0; c < w; c++) {
-                acc[c] += d_n[c];
+#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
+    {
+        int k = 0, nt = 1, c0, c1;
+#ifdef _OPENMP
+        k = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        strip_range(C, k, nt, &c0, &c1);
+        for (int a = c0; a < c1; a += COL_CHUNK) {
+            int w = c1 - a < COL_CHUNK ? c1 - a : COL_CHUNK;
+            float acc[COL_CHUNK];
+            memcpy(acc, db + a, (size_t)w * sizeof(float));
+            for (int64_t n = 0; n < N; n++) {
+                const float *d_n = d + n * C + a;
+                for (int c = 0; c < w; c++) {
+                    acc[c] += d_n[c];
+                }
             }
+            memcpy(db + a, acc, (size_t)w * sizeof(float));
         }
-        memcpy(db + c0, acc, (size_t)w * sizeof(float));
     }
 }
 
@@ -149,26 +166,32 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
     }
 
     /* parameter gradients: sums over rows, in row order for every column,
-     * strip by strip as in nfcl_colsum_add */
-    int64_t n_strips = (C + COL_STRIP - 1) / COL_STRIP;
-#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
-    for (int64_t k = 0; k < n_strips; k++) {
-        int c0 = (int)(k * COL_STRIP);
-        int cw = C - c0 < COL_STRIP ? C - c0 : COL_STRIP;
-        float acc_w[COL_STRIP], acc_b[COL_STRIP];
-        memcpy(acc_w, dw + c0, (size_t)cw * sizeof(float));
-        memcpy(acc_b, db + c0, (size_t)cw * sizeof(float));
-        for (int64_t n = 0; n < N; n++) {
-            const float *x = inp + n * C + c0;
-            const float *dy = dout + n * C + c0;
-            float m = mean[n], s = rstd[n];
-            for (int c = 0; c < cw; c++) {
-                acc_w[c] += dy[c] * ((x[c] - m) * s);
-                acc_b[c] += dy[c];
+     * split as in nfcl_colsum_add */
+#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
+    {
+        int k = 0, nt = 1, c0, c1;
+#ifdef _OPENMP
+        k = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        strip_range(C, k, nt, &c0, &c1);
+        for (int a = c0; a < c1; a += COL_CHUNK) {
+            int cw = c1 - a < COL_CHUNK ? c1 - a : COL_CHUNK;
+            float acc_w[COL_CHUNK], acc_b[COL_CHUNK];
+            memcpy(acc_w, dw + a, (size_t)cw * sizeof(float));
+            memcpy(acc_b, db + a, (size_t)cw * sizeof(float));
+            for (int64_t n = 0; n < N; n++) {
+                const float *x = inp + n * C + a;
+                const float *dy = dout + n * C + a;
+                float m = mean[n], s = rstd[n];
+                for (int c = 0; c < cw; c++) {
+                    acc_w[c] += dy[c] * ((x[c] - m) * s);
+                    acc_b[c] += dy[c];
+                }
             }
+            memcpy(dw + a, acc_w, (size_t)cw * sizeof(float));
+            memcpy(db + a, acc_b, (size_t)cw * sizeof(float));
         }
-        memcpy(dw + c0, acc_w, (size_t)cw * sizeof(float));
-        memcpy(db + c0, acc_b, (size_t)cw * sizeof(float));
     }
 }
 
