@@ -453,6 +453,14 @@ static int gru_row_blocks(int B)
     return n < 1 ? 1 : n > GRU_MAX_BLOCKS ? GRU_MAX_BLOCKS : n;
 }
 
+/* the sessions of block k of nb */
+static gru_dims gru_block(int B, int T, int H, int k, int nb)
+{
+    gru_dims d = {B, T, H, (int)((int64_t)B * k / nb),
+                  (int)((int64_t)B * (k + 1) / nb)};
+    return d;
+}
+
 /* One session's cell: g (G) holds a = W_ih x + b_ih on entry and r | z | n
  * on exit; gh (G) = W_hh h_{t-1} + b_hh; hn (H) gets gh's n part; h_out
  * (H) gets h_t from h_prev (H; read but not used when first). restrict
@@ -606,7 +614,7 @@ static void layer_forward(const nfcl_gru_config *cfg, const float *params,
 #pragma omp parallel for schedule(static) if (nb > 1)
     for (int k = 0; k < nb; k++) {
         unsigned fp = nfcl_fp_fast(); /* worker threads too */
-        gru_dims d = {B, T, H, B * k / nb, B * (k + 1) / nb};
+        gru_dims d = gru_block(B, T, H, k, nb);
         int64_t b0 = d.b0, rows = d.b1 - d.b0;
         for (int t = 0; t < T; t++) {
             for (int64_t b = b0; b < d.b1; b++) {
@@ -656,7 +664,7 @@ static void layer_backward(const nfcl_gru_config *cfg, const float *params,
 #pragma omp parallel for schedule(static) if (nb > 1)
     for (int k = 0; k < nb; k++) {
         unsigned fp = nfcl_fp_fast(); /* worker threads too */
-        gru_dims blk = {B, T, H, B * k / nb, B * (k + 1) / nb};
+        gru_dims blk = gru_block(B, T, H, k, nb);
         int64_t b0 = blk.b0, rows = blk.b1 - blk.b0;
         for (int t = T - 1; t >= 0; t--) {
             cell_backward(s->dg, s->dgh, s->carry, s->dy, acts + A.gates,

@@ -49,9 +49,15 @@ void nfcl_linear_forward(float *out, const float *inp, const float *w,
 #define COL_STRIP 16
 #define COL_CHUNK 256
 
-/* [*c0, *c1): the columns of thread k of nt, in whole strips */
-static void strip_range(int C, int k, int nt, int *c0, int *c1)
+/* [*c0, *c1): the calling thread's columns, in whole strips (all of them
+ * outside a parallel region) */
+static void strip_range(int C, int *c0, int *c1)
 {
+    int k = 0, nt = 1;
+#ifdef _OPENMP
+    k = omp_get_thread_num();
+    nt = omp_get_num_threads();
+#endif
     int64_t strips = (C + COL_STRIP - 1) / COL_STRIP;
     int64_t s0 = strips * k / nt, s1 = strips * (k + 1) / nt;
     *c0 = (int)(s0 * COL_STRIP < C ? s0 * COL_STRIP : C);
@@ -62,12 +68,8 @@ void nfcl_colsum_add(float *db, const float *d, int64_t N, int C)
 {
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
     {
-        int k = 0, nt = 1, c0, c1;
-#ifdef _OPENMP
-        k = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        strip_range(C, k, nt, &c0, &c1);
+        int c0, c1;
+        strip_range(C, &c0, &c1);
         for (int a = c0; a < c1; a += COL_CHUNK) {
             int w = c1 - a < COL_CHUNK ? c1 - a : COL_CHUNK;
             float acc[COL_CHUNK];
@@ -169,12 +171,8 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
      * split as in nfcl_colsum_add */
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
     {
-        int k = 0, nt = 1, c0, c1;
-#ifdef _OPENMP
-        k = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        strip_range(C, k, nt, &c0, &c1);
+        int c0, c1;
+        strip_range(C, &c0, &c1);
         for (int a = c0; a < c1; a += COL_CHUNK) {
             int cw = c1 - a < COL_CHUNK ? c1 - a : COL_CHUNK;
             float acc_w[COL_CHUNK], acc_b[COL_CHUNK];

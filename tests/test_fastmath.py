@@ -16,14 +16,19 @@ from nfcl import _core
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_exp_is_within_one_ulp_of_libm(tmp_path):
+def _run_check(tmp_path, name):
+    """Build tests/c/<name>.c against csrc/fastmath.h, run it, return stdout."""
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
-    exe = tmp_path / "exp_accuracy"
+    exe = tmp_path / name
     subprocess.run(["gcc", "-std=c11", "-O2", "-fno-trapping-math", "-fno-math-errno",
-                    f"-I{ROOT / 'csrc'}", str(ROOT / "tests/c/exp_accuracy.c"), "-lm",
+                    f"-I{ROOT / 'csrc'}", str(ROOT / f"tests/c/{name}.c"), "-lm",
                     "-o", str(exe)], check=True, capture_output=True, timeout=120)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300).stdout
+    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=300).stdout
+
+
+def test_exp_is_within_one_ulp_of_libm(tmp_path):
+    out = _run_check(tmp_path, "exp_accuracy")
     _, max_ulp, _, zeros_ok = out.split()
     assert float(max_ulp) < 1.0, out
     assert zeros_ok == "1", out
@@ -32,13 +37,7 @@ def test_exp_is_within_one_ulp_of_libm(tmp_path):
 def test_gru_gates_are_within_three_ulp_of_libm(tmp_path):
     """nfcl_sigmoid and nfcl_tanh, the GRU's gate functions, against double
     libm over 36 M floats of [-90, 90] (tests/c/gate_accuracy.c)."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    exe = tmp_path / "gate_accuracy"
-    subprocess.run(["gcc", "-std=c11", "-O2", "-fno-trapping-math", "-fno-math-errno",
-                    f"-I{ROOT / 'csrc'}", str(ROOT / "tests/c/gate_accuracy.c"), "-lm",
-                    "-o", str(exe)], check=True, capture_output=True, timeout=120)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300).stdout
+    out = _run_check(tmp_path, "gate_accuracy")
     _, sig_ulp, _, tanh_ulp, _, ends_ok = out.split()
     assert float(sig_ulp) < 3.0, out
     assert float(tanh_ulp) < 3.0, out
