@@ -463,8 +463,9 @@ def report(rows, profiles, notes, args, seconds):
     print(_common.table(rows, cols))
 
     # thread scaling at batch 256 (and the bars)
-    print("\n1 -> 2 threads speed-up (nfcl / torch eager):")
     by = {(r["model"], r["setting"], r["threads"]): r for r in rows}
+    if any(n == 2 for (_, _, n) in by):
+        print("\n1 -> 2 threads speed-up (nfcl / torch eager):")
     for (m, sname, n), r in by.items():
         two = by.get((m, sname, 2))
         if n == 1 and two:

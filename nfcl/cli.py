@@ -152,7 +152,7 @@ def cmd_run(args, root=True) -> int:
     png = experiment.plot_comparison(
         [r for r in rows if r["model"] in names], os.path.join(args.out, "comparison.png"),
         title=f"base vs +skip-aware term (w={args.w}), sampled ranking, test set, "
-              f"mean ± sd over {args.seeds} seeds")
+              f"mean ± sd over {args.seeds} seed{'s' if args.seeds != 1 else ''}")
     say(f"\nwrote {paths['json']}, {paths['csv']}, {png} in {wall:.1f} s")
     return 0
 

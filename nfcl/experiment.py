@@ -118,7 +118,8 @@ def format_table(rows) -> str:
                 cells += f"{_pm(st[key + '_mean'], st[key + '_sd'], signed):>14}"
             lines.append(f"{model:<9}{label:<8}{cells}")
     n_seeds = len({r["seed"] for r in rows if r["variant"] == "+term"}) or 1
-    lines.append(f"test set; mean ± sd over {n_seeds} seeds; diff = paired +term minus base "
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    lines.append(f"test set; mean ± sd over {seeds}; diff = paired +term minus base "
                  "(same seed, same candidates); ↓ lower is better")
     return "\n".join(lines)
 

@@ -464,8 +464,9 @@ class SequentialRecommender:
         if resume:
             best, best_params = ckpt.restore()
         shuffle_seed = _derive_seed(self.config["seed"], 3)
+        # disable=None: tqdm draws only on a terminal, never into a log file
         bar = tqdm(total=epochs, desc=f"{type(self).__name__} w={w:g}",
-                   disable=not (progress and root), leave=False)
+                   disable=None if (progress and root) else True, leave=False)
         for _ in range(epochs):
             epoch = self._opt["epoch"]
             rng = np.random.default_rng([shuffle_seed, epoch])
