@@ -11,6 +11,7 @@
 #include <float.h>
 #include <math.h>
 
+#include "fastmath.h"
 #include "nfcl.h"
 
 /* added to the norm before dividing, as torch's clip_grad_norm_ does */
@@ -123,16 +124,23 @@ int nfcl_adam_step(float *params, float *grads, float *m, float *v, int64_t n,
      * changes nothing */
     int64_t nd = n - e0, chunk = (int64_t)1 << 14;
     int64_t n_chunks = (nd + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n_chunks > 4)
-    for (int64_t k = 0; k < n_chunks; k++) {
-        int64_t o = e0 + k * chunk, len = nd - k * chunk < chunk ? nd - k * chunk : chunk;
-        adam_span(&a, params + o, grads + o, m + o, v + o, len);
+#pragma omp parallel if (n_chunks > 4)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < n_chunks; k++) {
+            int64_t o = e0 + k * chunk;
+            int64_t len = nd - k * chunk < chunk ? nd - k * chunk : chunk;
+            adam_span(&a, params + o, grads + o, m + o, v + o, len);
+        }
     }
-#pragma omp parallel for schedule(static) if (count * C >= ((int64_t)1 << 16))
-    for (int64_t i = 0; i < count; i++) {
-        int64_t o = (int64_t)rs->rows[i] * C;
-        adam_span(&a, params + o, grads + o, m + o, v + o, C);
-        rs->mask[rs->rows[i]] = 0;
+#pragma omp parallel if (count * C >= ((int64_t)1 << 16))
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < count; i++) {
+            int64_t o = (int64_t)rs->rows[i] * C;
+            adam_span(&a, params + o, grads + o, m + o, v + o, C);
+            rs->mask[rs->rows[i]] = 0;
+        }
     }
     if (rs != NULL) {
         *rs->count = 0;

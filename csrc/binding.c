@@ -343,13 +343,13 @@ static int parse_rowset(PyObject *obj, int64_t V, nfcl_rowset *rs, nfcl_rowset *
     return 1;
 }
 
-/* run a core function without the GIL, in the core's float mode on every
- * thread it may use (nfcl.h: nfcl_pool_fp_fast) */
+/* run a core function without the GIL, in the core's float mode (its
+ * parallel regions set the same mode on their threads: NFCL_FP_SCOPE) */
 #define CALL_C(status, expr)                 \
     Py_BEGIN_ALLOW_THREADS                   \
-    nfcl_pool_fp_fast();                     \
+    unsigned fp_mode_ = nfcl_fp_fast();      \
     status = (expr);                         \
-    nfcl_pool_fp_restore();                  \
+    nfcl_fp_restore(fp_mode_);               \
     Py_END_ALLOW_THREADS
 
 /* ---------------------------------------------------------------------- */

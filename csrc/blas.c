@@ -13,6 +13,8 @@
 #include <omp.h>
 #endif
 
+#include <stdlib.h>
+
 #include "blas.h"
 #include "fastmath.h"
 #include "nfcl.h"
@@ -32,8 +34,9 @@
  * batch's row count) are split along K instead: row blocks would each
  * re-pack all of op(B), which costs 30-50% at one thread, while K blocks
  * pack only their own slice. The partial products of blocks 1.. go to a
- * stack buffer of at most KSPLIT_SCRATCH floats and are added to C in
- * block order. */
+ * heap buffer of at most KSPLIT_SCRATCH floats and are added to C in block
+ * order. Should that 64 KB allocation fail, the product runs unsplit: the
+ * same value up to the order of its sums. */
 #define KSPLIT_MIN_K 1024
 #define KSPLIT_MAX_BLOCKS 4
 #define KSPLIT_SCRATCH 16384
@@ -75,18 +78,21 @@ static int64_t k_blocks(int64_t M, int64_t N, int64_t K)
 
 /* C = alpha op(A) op(B) + beta C as nb products over K slices: slice 0
  * goes straight into C (with beta), slice i > 0 into part i-1 of the work
- * buffer (beta 0); then each element of C adds its parts in slice order */
-static void sgemm_ksplit(int64_t nb, int ta, int tb, int64_t M, int64_t N,
+ * buffer (beta 0); then each element of C adds its parts in slice order.
+ * Returns 0, having written nothing, when the buffer cannot be had. */
+static int sgemm_ksplit(int64_t nb, int ta, int tb, int64_t M, int64_t N,
                          int64_t K, float alpha, const float *A, int64_t lda,
                          const float *B, int64_t ldb, float beta, float *C,
                          int64_t ldc)
 {
-    float work[KSPLIT_SCRATCH];
     int64_t MN = M * N;
+    float *work = malloc((size_t)((nb - 1) * MN) * sizeof(float));
+    if (work == NULL) {
+        return 0;
+    }
 
 #pragma omp parallel
-    {
-        unsigned fp = nfcl_fp_fast(); /* worker threads too */
+    NFCL_FP_SCOPE {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nb; i++) {
             int64_t k0 = K * i / nb, k1 = K * (i + 1) / nb;
@@ -112,8 +118,9 @@ static void sgemm_ksplit(int64_t nb, int ta, int tb, int64_t M, int64_t N,
                 }
             }
         }
-        nfcl_fp_restore(fp);
     }
+    free(work);
+    return 1;
 }
 
 void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -124,9 +131,8 @@ void nfcl_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
         return;
     }
     int64_t nk = k_blocks(M, N, K);
-    if (nk > 1) {
-        sgemm_ksplit(nk, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                     ldc);
+    if (nk > 1 && sgemm_ksplit(nk, ta, tb, M, N, K, alpha, A, lda, B, ldb,
+                               beta, C, ldc)) {
         return;
     }
     int64_t nb = row_blocks(M, N, K);
@@ -168,19 +174,4 @@ int nfcl_get_threads(void)
 #else
     return 1;
 #endif
-}
-
-/* each pool thread's float mode from before nfcl_pool_fp_fast */
-static _Thread_local unsigned pool_saved_mode;
-
-void nfcl_pool_fp_fast(void)
-{
-#pragma omp parallel
-    pool_saved_mode = nfcl_fp_fast();
-}
-
-void nfcl_pool_fp_restore(void)
-{
-#pragma omp parallel
-    nfcl_fp_restore(pool_saved_mode);
 }

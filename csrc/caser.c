@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "fastmath.h"
 #include "layers.h"
 #include "nfcl.h"
 
@@ -331,20 +332,23 @@ static void vconv_forward(float *x, const float *P, const float *vw,
                           const float *vb, const caser_dims *d)
 {
     int64_t C = d->C, W = d->W;
-#pragma omp parallel for schedule(static) if (d->N * d->nv * C >= NFCL_PAR_MIN)
-    for (int64_t b = 0; b < d->B; b++) {
-        for (int64_t t = 0; t < d->T; t++) {
-            const float *E = P + (b * d->S + t) * C;
-            float *x_bt = x + (b * d->T + t) * d->D;
-            for (int64_t f = 0; f < d->nv; f++) {
-                float *v_f = x_bt + f * C;
-                for (int64_t c = 0; c < C; c++) {
-                    v_f[c] = vb[f];
-                }
-                for (int64_t i = 0; i < W; i++) {
-                    float w = vw[f * W + i];
+#pragma omp parallel if (d->N * d->nv * C >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < d->B; b++) {
+            for (int64_t t = 0; t < d->T; t++) {
+                const float *E = P + (b * d->S + t) * C;
+                float *x_bt = x + (b * d->T + t) * d->D;
+                for (int64_t f = 0; f < d->nv; f++) {
+                    float *v_f = x_bt + f * C;
                     for (int64_t c = 0; c < C; c++) {
-                        v_f[c] += w * E[i * C + c];
+                        v_f[c] = vb[f];
+                    }
+                    for (int64_t i = 0; i < W; i++) {
+                        float w = vw[f * W + i];
+                        for (int64_t c = 0; c < C; c++) {
+                            v_f[c] += w * E[i * C + c];
+                        }
                     }
                 }
             }
@@ -363,17 +367,20 @@ static void vconv_backward(float *dP, float *dvw, float *dvb, const float *dx,
     int par = d->N * d->nv * C >= NFCL_PAR_MIN;
 
     /* dE: a window's rows belong to its own session, so sessions split */
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t b = 0; b < d->B; b++) {
-        for (int64_t t = 0; t < d->T; t++) {
-            float *dE = dP + (b * d->S + t) * C;
-            const float *dx_bt = dx + (b * d->T + t) * d->D;
-            for (int64_t f = 0; f < d->nv; f++) {
-                const float *dv_f = dx_bt + f * C;
-                for (int64_t i = 0; i < W; i++) {
-                    float w = vw[f * W + i];
-                    for (int64_t c = 0; c < C; c++) {
-                        dE[i * C + c] += w * dv_f[c];
+#pragma omp parallel if (par)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < d->B; b++) {
+            for (int64_t t = 0; t < d->T; t++) {
+                float *dE = dP + (b * d->S + t) * C;
+                const float *dx_bt = dx + (b * d->T + t) * d->D;
+                for (int64_t f = 0; f < d->nv; f++) {
+                    const float *dv_f = dx_bt + f * C;
+                    for (int64_t i = 0; i < W; i++) {
+                        float w = vw[f * W + i];
+                        for (int64_t c = 0; c < C; c++) {
+                            dE[i * C + c] += w * dv_f[c];
+                        }
                     }
                 }
             }
@@ -382,28 +389,31 @@ static void vconv_backward(float *dP, float *dvw, float *dvb, const float *dx,
 
     /* dvw, dvb: sums over every (b,t) in order; filters split, each held
      * in a local accumulator until its sum is done */
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t f = 0; f < d->nv; f++) {
-        float acc_w[CASER_MAX_W], acc_b = dvb[f];
-        memcpy(acc_w, dvw + f * W, (size_t)W * sizeof(float));
-        for (int64_t b = 0; b < d->B; b++) {
-            for (int64_t t = 0; t < d->T; t++) {
-                const float *E = P + (b * d->S + t) * C;
-                const float *dv_f = dx + (b * d->T + t) * d->D + f * C;
-                for (int64_t c = 0; c < C; c++) {
-                    acc_b += dv_f[c];
-                }
-                for (int64_t i = 0; i < W; i++) {
-                    float dw = 0.0f;
+#pragma omp parallel if (par)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t f = 0; f < d->nv; f++) {
+            float acc_w[CASER_MAX_W], acc_b = dvb[f];
+            memcpy(acc_w, dvw + f * W, (size_t)W * sizeof(float));
+            for (int64_t b = 0; b < d->B; b++) {
+                for (int64_t t = 0; t < d->T; t++) {
+                    const float *E = P + (b * d->S + t) * C;
+                    const float *dv_f = dx + (b * d->T + t) * d->D + f * C;
                     for (int64_t c = 0; c < C; c++) {
-                        dw += dv_f[c] * E[i * C + c];
+                        acc_b += dv_f[c];
                     }
-                    acc_w[i] += dw;
+                    for (int64_t i = 0; i < W; i++) {
+                        float dw = 0.0f;
+                        for (int64_t c = 0; c < C; c++) {
+                            dw += dv_f[c] * E[i * C + c];
+                        }
+                        acc_w[i] += dw;
+                    }
                 }
             }
+            memcpy(dvw + f * W, acc_w, (size_t)W * sizeof(float));
+            dvb[f] = acc_b;
         }
-        memcpy(dvw + f * W, acc_w, (size_t)W * sizeof(float));
-        dvb[f] = acc_b;
     }
 }
 
@@ -472,14 +482,17 @@ static void pool_forward(float *x, int64_t col, const float *Y, int64_t h,
                          const caser_dims *d)
 {
     int64_t nh = d->nh, n = d->W - h + 1;
-#pragma omp parallel for schedule(static) if (d->N * nh * n >= NFCL_PAR_MIN)
-    for (int64_t b = 0; b < d->B; b++) {
-        for (int64_t t = 0; t < d->T; t++) {
-            float *o_bt = x + (b * d->T + t) * d->D + col;
-            for (int64_t f = 0; f < nh; f++) {
-                int64_t a = window_argmax(Y, b * d->S + t, n, nh, f);
-                float y = Y[a * nh + f];
-                o_bt[f] = y > 0.0f ? y : 0.0f;
+#pragma omp parallel if (d->N * nh * n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < d->B; b++) {
+            for (int64_t t = 0; t < d->T; t++) {
+                float *o_bt = x + (b * d->T + t) * d->D + col;
+                for (int64_t f = 0; f < nh; f++) {
+                    int64_t a = window_argmax(Y, b * d->S + t, n, nh, f);
+                    float y = Y[a * nh + f];
+                    o_bt[f] = y > 0.0f ? y : 0.0f;
+                }
             }
         }
     }
@@ -492,15 +505,18 @@ static void pool_backward(float *dY, const float *dx, int64_t col,
 {
     int64_t nh = d->nh, n = d->W - h + 1;
     /* a window's argmax lies in its own session's rows: sessions split */
-#pragma omp parallel for schedule(static) if (d->N * nh * n >= NFCL_PAR_MIN)
-    for (int64_t b = 0; b < d->B; b++) {
-        memset(dY + b * d->S * nh, 0, (size_t)(d->S * nh) * sizeof(float));
-        for (int64_t t = 0; t < d->T; t++) {
-            const float *do_bt = dx + (b * d->T + t) * d->D + col;
-            for (int64_t f = 0; f < nh; f++) {
-                int64_t a = window_argmax(Y, b * d->S + t, n, nh, f);
-                if (Y[a * nh + f] > 0.0f) {
-                    dY[a * nh + f] += do_bt[f];
+#pragma omp parallel if (d->N * nh * n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < d->B; b++) {
+            memset(dY + b * d->S * nh, 0, (size_t)(d->S * nh) * sizeof(float));
+            for (int64_t t = 0; t < d->T; t++) {
+                const float *do_bt = dx + (b * d->T + t) * d->D + col;
+                for (int64_t f = 0; f < nh; f++) {
+                    int64_t a = window_argmax(Y, b * d->S + t, n, nh, f);
+                    if (Y[a * nh + f] > 0.0f) {
+                        dY[a * nh + f] += do_bt[f];
+                    }
                 }
             }
         }
@@ -558,9 +574,12 @@ int nfcl_caser_forward(const nfcl_caser_config *cfg, const float *params,
     nfcl_dropout_forward(x, d.N * d.D, drop, seed, stream, 0);
     nfcl_linear_forward(z, x, params + p.fw, params + p.fb, d.N, (int)d.D,
                         (int)d.C);
-#pragma omp parallel for schedule(static) if (d.N * d.C >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < d.N * d.C; i++) {
-        z[i] = z[i] > 0.0f ? z[i] : 0.0f;
+#pragma omp parallel if (d.N * d.C >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < d.N * d.C; i++) {
+            z[i] = z[i] > 0.0f ? z[i] : 0.0f;
+        }
     }
     nfcl_linear_forward(u, z, params + p.ow, params + p.ob, d.N, (int)d.C,
                         (int)d.C);
@@ -600,9 +619,12 @@ int nfcl_caser_backward(const nfcl_caser_config *cfg, const float *params,
                          d.N, (int)d.C, (int)d.C, 0.0f);
 
     /* fc: z = ReLU(fc_w x + fc_b); the ReLU passes where z > 0 */
-#pragma omp parallel for schedule(static) if (d.N * d.C >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < d.N * d.C; i++) {
-        dz[i] = z[i] > 0.0f ? dz[i] : 0.0f;
+#pragma omp parallel if (d.N * d.C >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < d.N * d.C; i++) {
+            dz[i] = z[i] > 0.0f ? dz[i] : 0.0f;
+        }
     }
     nfcl_linear_backward(dx, grads + p.fw, grads + p.fb, dz, x, params + p.fw,
                          d.N, (int)d.D, (int)d.C, 0.0f);

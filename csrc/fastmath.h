@@ -124,4 +124,13 @@ static inline void nfcl_fp_restore(unsigned old)
 #endif
 }
 
+/* NFCL_FP_SCOPE { ... } runs the block once with the calling thread in the
+ * core's float mode and then gives the thread its own mode back. Every
+ * parallel region of the core starts with it, so each of the pool's threads
+ * computes an element exactly as the calling thread would, and results do
+ * not depend on which thread takes which element. */
+#define NFCL_FP_SCOPE                                                       \
+    for (unsigned nfcl_fp_saved_ = nfcl_fp_fast(), nfcl_fp_once_ = 1;       \
+         nfcl_fp_once_; nfcl_fp_restore(nfcl_fp_saved_), nfcl_fp_once_ = 0)
+
 #endif

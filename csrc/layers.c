@@ -32,11 +32,14 @@ void nfcl_linear_forward(float *out, const float *inp, const float *w,
     nfcl_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
 
     /* bias b (OC) on every row */
-#pragma omp parallel for schedule(static) if (N * OC >= NFCL_PAR_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        float *out_n = out + n * OC;
-        for (int o = 0; o < OC; o++) {
-            out_n[o] += b[o];
+#pragma omp parallel if (N * OC >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            float *out_n = out + n * OC;
+            for (int o = 0; o < OC; o++) {
+                out_n[o] += b[o];
+            }
         }
     }
 }
@@ -67,7 +70,7 @@ static void strip_range(int C, int *c0, int *c1)
 void nfcl_colsum_add(float *db, const float *d, int64_t N, int C)
 {
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
-    {
+    NFCL_FP_SCOPE {
         int c0, c1;
         strip_range(C, &c0, &c1);
         for (int a = c0; a < c1; a += COL_CHUNK) {
@@ -109,31 +112,34 @@ void nfcl_layernorm_forward(float *out, float *mean, float *rstd,
                             const float *inp, const float *w,
                             const float *b, int64_t N, int C)
 {
-#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        const float *x = inp + n * C;
-        float *y = out + n * C;
+#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C;
+            float *y = out + n * C;
 
-        /* moments in double: C is small, and it keeps var >= 0 exact */
-        double m = 0.0, v = 0.0;
-        for (int c = 0; c < C; c++) {
-            m += x[c];
-        }
-        m /= C;
-        for (int c = 0; c < C; c++) {
-            double d = x[c] - m;
-            v += d * d;
-        }
-        v /= C;
-        float s = (float)(1.0 / sqrt(v + LN_EPS));
+            /* moments in double: C is small, and it keeps var >= 0 exact */
+            double m = 0.0, v = 0.0;
+            for (int c = 0; c < C; c++) {
+                m += x[c];
+            }
+            m /= C;
+            for (int c = 0; c < C; c++) {
+                double d = x[c] - m;
+                v += d * d;
+            }
+            v /= C;
+            float s = (float)(1.0 / sqrt(v + LN_EPS));
 
-        /* normalise, scale and shift */
-        float mf = (float)m;
-        for (int c = 0; c < C; c++) {
-            y[c] = (x[c] - mf) * s * w[c] + b[c];
+            /* normalise, scale and shift */
+            float mf = (float)m;
+            for (int c = 0; c < C; c++) {
+                y[c] = (x[c] - mf) * s * w[c] + b[c];
+            }
+            mean[n] = mf;
+            rstd[n] = s;
         }
-        mean[n] = mf;
-        rstd[n] = s;
     }
 }
 
@@ -145,32 +151,35 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
     /* forward: y = xhat * w + b, xhat = (x - mean) * rstd. Then
      * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
      * Rows are independent; each thread takes whole rows. */
-#pragma omp parallel for schedule(static) if (N * C >= NFCL_PAR_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        const float *x = inp + n * C;
-        const float *dy = dout + n * C;
-        float *dx = dinp + n * C;
-        float m = mean[n], s = rstd[n];
+#pragma omp parallel if (N * C >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C;
+            const float *dy = dout + n * C;
+            float *dx = dinp + n * C;
+            float m = mean[n], s = rstd[n];
 
-        /* the two row means of the formula */
-        double g_mean = 0.0, gx_mean = 0.0;
-        for (int c = 0; c < C; c++) {
-            float xhat = (x[c] - m) * s;
-            float g = dy[c] * w[c];
-            g_mean += g;
-            gx_mean += g * xhat;
-        }
-        float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
-        for (int c = 0; c < C; c++) {
-            float xhat = (x[c] - m) * s;
-            dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
+            /* the two row means of the formula */
+            double g_mean = 0.0, gx_mean = 0.0;
+            for (int c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * s;
+                float g = dy[c] * w[c];
+                g_mean += g;
+                gx_mean += g * xhat;
+            }
+            float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
+            for (int c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * s;
+                dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
+            }
         }
     }
 
     /* parameter gradients: sums over rows, in row order for every column,
      * split as in nfcl_colsum_add */
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
-    {
+    NFCL_FP_SCOPE {
         int c0, c1;
         strip_range(C, &c0, &c1);
         for (int a = c0; a < c1; a += COL_CHUNK) {
@@ -199,10 +208,13 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
 void nfcl_gelu_forward(float *out, const float *inp, int64_t n)
 {
     /* exact form x * Phi(x), as torch's GELU(approximate='none') */
-#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        double x = inp[i];
-        out[i] = (float)(0.5 * x * (1.0 + erf(x * INV_SQRT2)));
+#pragma omp parallel if (n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            double x = inp[i];
+            out[i] = (float)(0.5 * x * (1.0 + erf(x * INV_SQRT2)));
+        }
     }
 }
 
@@ -210,12 +222,15 @@ void nfcl_gelu_backward(float *dinp, const float *inp, const float *dout,
                         int64_t n)
 {
     /* d/dx x Phi(x) = Phi(x) + x phi(x) */
-#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        double x = inp[i];
-        double cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
-        double pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-        dinp[i] = (float)((cdf + x * pdf) * dout[i]);
+#pragma omp parallel if (n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            double x = inp[i];
+            double cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
+            double pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+            dinp[i] = (float)((cdf + x * pdf) * dout[i]);
+        }
     }
 }
 
@@ -255,26 +270,32 @@ void nfcl_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
     /* chunks of NFCL_PAR_MIN elements; the mask depends on the element's
      * counter only, so the split changes nothing */
     int64_t n_chunks = (n + NFCL_PAR_MIN - 1) / NFCL_PAR_MIN;
-#pragma omp parallel for schedule(static) if (n_chunks > 1)
-    for (int64_t k = 0; k < n_chunks; k++) {
-        int64_t i0 = k * NFCL_PAR_MIN;
-        int64_t len = n - i0 < NFCL_PAR_MIN ? n - i0 : NFCL_PAR_MIN;
-#if NFCL_HAVE_CLONES
-        if (wide) {
-            dropout_avx512(x + i0, len, p, key, first + (uint64_t)i0);
-            continue;
+#pragma omp parallel if (n_chunks > 1)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < n_chunks; k++) {
+            int64_t i0 = k * NFCL_PAR_MIN;
+            int64_t len = n - i0 < NFCL_PAR_MIN ? n - i0 : NFCL_PAR_MIN;
+    #if NFCL_HAVE_CLONES
+            if (wide) {
+                dropout_avx512(x + i0, len, p, key, first + (uint64_t)i0);
+                continue;
+            }
+    #endif
+            dropout_body(x + i0, len, p, key, first + (uint64_t)i0);
         }
-#endif
-        dropout_body(x + i0, len, p, key, first + (uint64_t)i0);
     }
 }
 
 void nfcl_relu_dropout_forward(float *x, int64_t n, float p, uint64_t seed,
                                uint64_t stream)
 {
-#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+#pragma omp parallel if (n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        }
     }
     nfcl_dropout_forward(x, n, p, seed, stream, 0);
 }
@@ -284,9 +305,12 @@ void nfcl_relu_dropout_backward(float *d, const float *a, int64_t n,
 {
     /* forward: a = keep * max(h, 0) * scale; scale >= 1 so a kept
      * positive h never rounds to 0, and a > 0 marks the live paths */
-#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        d[i] *= a[i] > 0.0f ? scale : 0.0f; /* a product vectorises */
+#pragma omp parallel if (n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            d[i] *= a[i] > 0.0f ? scale : 0.0f; /* a product vectorises */
+        }
     }
 }
 

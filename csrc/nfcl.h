@@ -47,13 +47,6 @@ const char *nfcl_strerror(int status);
 void nfcl_set_threads(int n);
 int nfcl_get_threads(void);
 
-/* Flush-to-zero / denormals-are-zero on every thread of the calling
- * thread's OpenMP pool (nfcl_pool_fp_fast), and each thread's own mode
- * given back (nfcl_pool_fp_restore). The Python binding brackets each core
- * call with them, so an element computes the same whichever thread takes it
- * and results stay independent of the thread count. */
-void nfcl_pool_fp_fast(void);
-void nfcl_pool_fp_restore(void);
 
 /* ---------------------------------------------------------------------- */
 /* touched embedding rows: lets the optimizer visit only the rows a batch

@@ -47,6 +47,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "fastmath.h"
 #include "layers.h"
 #include "nfcl.h"
 
@@ -503,9 +504,12 @@ static void embed_backward(float *ditem, float *dpos, nfcl_rowset *rs,
 /* out (n) += x (n) */
 static void residual_add(float *out, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= NFCL_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        out[i] += x[i];
+#pragma omp parallel if (n >= NFCL_PAR_MIN)
+    NFCL_FP_SCOPE {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            out[i] += x[i];
+        }
     }
 }
 
