@@ -108,37 +108,73 @@ void nfcl_linear_backward(float *dinp, float *dw, float *db,
 /* ---------------------------------------------------------------------- */
 /* LayerNorm */
 
+/* One row: y (C) = (x - mean) * rstd * w + b; returns mean and rstd. The
+ * row sums run in double, in vector lanes (omp simd), so their order is
+ * fixed by the build's instruction set, never by the thread count. */
+NFCL_CLONES
+static void ln_row_forward(float *restrict y, float *mean, float *rstd,
+                           const float *restrict x, const float *restrict w,
+                           const float *restrict b, int C)
+{
+    /* moments in double: C is small, and it keeps var >= 0 exact */
+    double m = 0.0, v = 0.0;
+#pragma omp simd reduction(+ : m)
+    for (int c = 0; c < C; c++) {
+        m += x[c];
+    }
+    m /= C;
+#pragma omp simd reduction(+ : v)
+    for (int c = 0; c < C; c++) {
+        double d = x[c] - m;
+        v += d * d;
+    }
+    v /= C;
+    float s = (float)(1.0 / sqrt(v + LN_EPS));
+
+    /* normalise, scale and shift */
+    float mf = (float)m;
+#pragma omp simd
+    for (int c = 0; c < C; c++) {
+        y[c] = (x[c] - mf) * s * w[c] + b[c];
+    }
+    *mean = mf;
+    *rstd = s;
+}
+
+/* One row's input gradient: dx = s (g - mean(g) - xhat mean(g xhat)),
+ * g = dy w, xhat = (x - m) s; row sums as in ln_row_forward */
+NFCL_CLONES
+static void ln_row_backward(float *restrict dx, const float *restrict x,
+                            const float *restrict dy, const float *restrict w,
+                            float m, float s, int C)
+{
+    double g_mean = 0.0, gx_mean = 0.0;
+#pragma omp simd reduction(+ : g_mean, gx_mean)
+    for (int c = 0; c < C; c++) {
+        float xhat = (x[c] - m) * s;
+        float g = dy[c] * w[c];
+        g_mean += g;
+        gx_mean += g * xhat;
+    }
+    float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
+#pragma omp simd
+    for (int c = 0; c < C; c++) {
+        float xhat = (x[c] - m) * s;
+        dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
+    }
+}
+
 void nfcl_layernorm_forward(float *out, float *mean, float *rstd,
                             const float *inp, const float *w,
                             const float *b, int64_t N, int C)
 {
+    /* rows are independent; each thread takes whole rows */
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
     NFCL_FP_SCOPE {
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
-            const float *x = inp + n * C;
-            float *y = out + n * C;
-
-            /* moments in double: C is small, and it keeps var >= 0 exact */
-            double m = 0.0, v = 0.0;
-            for (int c = 0; c < C; c++) {
-                m += x[c];
-            }
-            m /= C;
-            for (int c = 0; c < C; c++) {
-                double d = x[c] - m;
-                v += d * d;
-            }
-            v /= C;
-            float s = (float)(1.0 / sqrt(v + LN_EPS));
-
-            /* normalise, scale and shift */
-            float mf = (float)m;
-            for (int c = 0; c < C; c++) {
-                y[c] = (x[c] - mf) * s * w[c] + b[c];
-            }
-            mean[n] = mf;
-            rstd[n] = s;
+            ln_row_forward(out + n * C, mean + n, rstd + n, inp + n * C, w, b,
+                           C);
         }
     }
 }
@@ -148,31 +184,14 @@ void nfcl_layernorm_backward(float *dinp, float *dw, float *db,
                              const float *mean, const float *rstd,
                              const float *w, int64_t N, int C)
 {
-    /* forward: y = xhat * w + b, xhat = (x - mean) * rstd. Then
-     * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w.
-     * Rows are independent; each thread takes whole rows. */
+    /* forward: y = xhat * w + b, xhat = (x - mean) * rstd. Rows are
+     * independent; each thread takes whole rows. */
 #pragma omp parallel if (N * C >= NFCL_PAR_MIN)
     NFCL_FP_SCOPE {
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
-            const float *x = inp + n * C;
-            const float *dy = dout + n * C;
-            float *dx = dinp + n * C;
-            float m = mean[n], s = rstd[n];
-
-            /* the two row means of the formula */
-            double g_mean = 0.0, gx_mean = 0.0;
-            for (int c = 0; c < C; c++) {
-                float xhat = (x[c] - m) * s;
-                float g = dy[c] * w[c];
-                g_mean += g;
-                gx_mean += g * xhat;
-            }
-            float g1 = (float)(g_mean / C), g2 = (float)(gx_mean / C);
-            for (int c = 0; c < C; c++) {
-                float xhat = (x[c] - m) * s;
-                dx[c] = s * (dy[c] * w[c] - g1 - xhat * g2);
-            }
+            ln_row_backward(dinp + n * C, inp + n * C, dout + n * C, w,
+                            mean[n], rstd[n], C);
         }
     }
 
