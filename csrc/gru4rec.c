@@ -463,8 +463,8 @@ static gru_dims gru_block(int B, int T, int H, int k, int nb)
 
 /* One session's cell: g (G) holds a = W_ih x + b_ih on entry and r | z | n
  * on exit; gh (G) = W_hh h_{t-1} + b_hh; hn (H) gets gh's n part; h_out
- * (H) gets h_t from h_prev (H; read but not used when first). restrict
- * tells gcc the rows do not overlap, so the loop vectorises. */
+ * (H) gets h_t from h_prev (H; read but not used when first). The rows
+ * never overlap (restrict); h_prev may be gh itself at t = 0, read only. */
 static inline void cell_row_forward(float *restrict g, float *restrict hn,
                                     float *restrict h_out,
                                     const float *restrict gh,
